@@ -1,0 +1,87 @@
+"""Spider arguments: parsed and checked before any request, each error one line naming it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from civicband.datasette import MAX_PAGE_SIZE, SUBDOMAIN
+
+DOCUMENT_TYPES = {"agenda": ("agenda",), "minutes": ("minutes",), "both": ("agenda", "minutes")}
+TRUE = {"true", "1", "yes"}
+FALSE = {"false", "0", "no"}
+
+
+class ArgumentError(ValueError):
+    """A spider argument or setting the user must fix; its message is one line."""
+
+
+@dataclass(frozen=True)
+class SpiderArguments:
+    """The civicband spider's arguments, validated."""
+
+    subdomains: list[str]
+    document_types: tuple[str, ...]
+    batch_size: int | None
+    resume: bool
+    verify_only: bool
+    repair: bool
+
+    names = ("subdomain", "document_type", "batch_size", "resume", "verify_only", "repair")
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    """true/false/1/0/yes/no, any case."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise ArgumentError(f"{name}: expected true/false/1/0/yes/no, got {value!r}")
+
+
+def parse_subdomains(value: Any) -> list[str]:
+    """One site, a comma list, or `all`; nothing that could point at another host."""
+    if value is None or not str(value).strip():
+        raise ArgumentError("subdomain: required, e.g. -a subdomain=oakland.ca or subdomain=all")
+    names = [part.strip().lower() for part in str(value).split(",")]
+    if names == ["all"]:
+        return names
+    bad = [name for name in names if not SUBDOMAIN.match(name) or name == "all"]
+    if bad:
+        raise ArgumentError(
+            f"subdomain: {bad[0]!r} is not a civic.band subdomain"
+            " (letters, digits, '-' and '.', e.g. oakland.ca; or `all` alone)"
+        )
+    return list(dict.fromkeys(names))
+
+
+def parse_batch_size(value: Any) -> int:
+    """Rows per API page: Datasette answers 400 above its max_returned_rows (1000)."""
+    try:
+        size = int(str(value).strip())
+    except ValueError:
+        raise ArgumentError(f"batch_size: expected a whole number, got {value!r}") from None
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise ArgumentError(f"batch_size: must be between 1 and {MAX_PAGE_SIZE}, got {size}")
+    return size
+
+
+def parse_arguments(kwargs: dict[str, Any]) -> SpiderArguments:
+    """Check every argument; unknown ones are left to Scrapy."""
+    document_type = str(kwargs.get("document_type", "both")).strip().lower()
+    if document_type not in DOCUMENT_TYPES:
+        raise ArgumentError(
+            f"document_type: must be agenda, minutes or both, got {kwargs.get('document_type')!r}"
+        )
+    batch_size = kwargs.get("batch_size")
+    return SpiderArguments(
+        subdomains=parse_subdomains(kwargs.get("subdomain")),
+        document_types=DOCUMENT_TYPES[document_type],
+        batch_size=None if batch_size is None else parse_batch_size(batch_size),
+        resume=parse_bool("resume", kwargs.get("resume", "false")),
+        verify_only=parse_bool("verify_only", kwargs.get("verify_only", "false")),
+        repair=parse_bool("repair", kwargs.get("repair", "false")),
+    )

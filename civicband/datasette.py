@@ -1,0 +1,99 @@
+"""The source's dialects: URLs, the JSON of Datasette 0.65 and 1.0, and what its errors mean."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+SUBDOMAIN = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)*$")
+DOCUMENT_TABLES = {"agenda": "agendas", "minutes": "minutes"}
+MAX_PAGE_SIZE = 1000
+DATABASE = "meetings"
+
+
+class SourceError(Exception):
+    """An answer from a site that is not a usable page; `retryable` says whether to try again."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class TablePage:
+    """One page of a table: its rows as objects and the token for the next page, if any."""
+
+    rows: list[Any]
+    next: str | None
+
+
+def check_site_url(template: str) -> str:
+    """Refuse a CIVICBAND_SITE_URL that cannot place a subdomain safely."""
+    if "{subdomain}" not in template:
+        raise ValueError("CIVICBAND_SITE_URL must contain {subdomain}")
+    parts = urlsplit(template.replace("{subdomain}", "example"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"CIVICBAND_SITE_URL must be an http(s) URL template, got {template!r}")
+    return template.rstrip("/")
+
+
+def site_root(template: str, subdomain: str) -> str:
+    """The root URL of one municipality's Datasette site."""
+    if not SUBDOMAIN.match(subdomain):
+        raise ValueError(f"invalid subdomain {subdomain!r}")
+    return template.rstrip("/").replace("{subdomain}", subdomain)
+
+
+def table_url(root: str, document_type: str, size: int, cursor: str | None) -> str:
+    """A keyset page on the primary key: `_sort=id` reads the index, `_next` is sent verbatim."""
+    params = {"_sort": "id", "_size": str(size), "_nocount": "1", "_nofacet": "1"}
+    if cursor is not None:
+        params["_next"] = cursor
+    return f"{root}/{DATABASE}/{DOCUMENT_TABLES[document_type]}.json?{urlencode(params)}"
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        start = body[:60].decode("utf-8", "replace").strip().replace("\n", " ")
+        kind = "HTML" if start.lower().startswith(("<!doctype", "<html")) else "not JSON"
+        raise SourceError(f"answer is {kind}: {start[:40]!r}", retryable=True) from None
+
+
+def is_interrupted(status: int, body: bytes) -> bool:
+    """Datasette's time limit: 500 on 1.0, 400 "SQL Interrupted" on 0.65; both mean try again."""
+    if status not in (400, 500):
+        return False
+    text = body[:4000].decode("utf-8", "replace")
+    return "interrupted" in text.lower() or "took too long" in text.lower()
+
+
+def parse_table_page(body: bytes) -> TablePage:
+    """Read a table page of either JSON line; anything else is an error, never an empty page."""
+    data = _decode(body)
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise SourceError("answer is JSON without a rows list", retryable=True)
+    if data.get("ok") is False:
+        raise SourceError(f"site says: {data.get('error')!r}", retryable=False)
+    rows = data["rows"]
+    columns = data.get("columns")
+    if rows and isinstance(rows[0], list):
+        if not isinstance(columns, list):
+            raise SourceError("rows are arrays but there are no columns", retryable=True)
+        # A row whose length disagrees with the columns stays a list: it is rejected, not guessed.
+        rows = [
+            dict(zip(columns, row, strict=True))
+            if isinstance(row, list) and len(row) == len(columns)
+            else row
+            for row in rows
+        ]
+    next_token = data.get("next")
+    if next_token is not None and not isinstance(next_token, str):
+        next_token = str(next_token)
+    if next_token == "":
+        next_token = None
+    return TablePage(rows=rows, next=next_token)

@@ -1,0 +1,126 @@
+"""Connecting to the mirror's PostgreSQL, applying the schema, and the named queries."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+MIGRATIONS_LOCK = 0x63697669  # "civi": one migrator at a time across processes
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
+
+
+class DatabaseError(RuntimeError):
+    """The mirror's database is unreachable or refused us; the message is one line."""
+
+
+def redact(url: str) -> str:
+    """Show a database URL without its password, for logs and errors."""
+    if "://" not in url:
+        return re.sub(r"password\s*=\s*\S+", "password=***", url)
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def one_line(error: BaseException) -> str:
+    """Fold a driver's multi-line message into one line for the user."""
+    text = str(error).strip() or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _sql_file(*parts: str) -> str:
+    return resources.files("civicband").joinpath("sql", *parts).read_text(encoding="utf-8")
+
+
+@cache
+def queries() -> dict[str, str]:
+    """Parse sql/queries.sql once into its named blocks."""
+    text = _sql_file("queries.sql")
+    found = list(_NAME.finditer(text))
+    blocks = {}
+    for match, following in zip(found, [*found[1:], None], strict=True):
+        body = text[match.end() : following.start() if following else len(text)]
+        lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
+        blocks[match.group(1)] = "\n".join(lines).strip()
+    return blocks
+
+
+def query(name: str) -> str:
+    """One named query from sql/queries.sql."""
+    return queries()[name]
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """The ordered migrations shipped in the package: (version, name, sql)."""
+    folder = resources.files("civicband").joinpath("sql", "migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = re.match(r"^(\d{4})_(\w+)\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def schema_sql() -> str:
+    """The whole current schema, for fresh databases."""
+    return _sql_file("schema.sql")
+
+
+def migrate(conn: psycopg.Connection) -> list[int]:
+    """Bring the schema up to date; safe when several processes start at once."""
+    applied_now = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATIONS_LOCK])
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS civicband_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM civicband_migrations")}
+        migrations = migration_files()
+        fresh = not done and not _has_table(conn, "backfill_jobs")
+        if fresh:
+            conn.execute(schema_sql())
+        for version, name, text in migrations:
+            if version in done:
+                continue
+            if not fresh:
+                conn.execute(text)
+            conn.execute(
+                "INSERT INTO civicband_migrations (version, name) VALUES (%s, %s)", [version, name]
+            )
+            applied_now.append(version)
+    return applied_now
+
+
+def apply_migrations_only(conn: psycopg.Connection) -> None:
+    """Apply every migration in order, ignoring schema.sql (for the agreement test)."""
+    with conn.transaction():
+        for _version, _name, text in migration_files():
+            conn.execute(text)
+
+
+def _has_table(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
+    return bool(row and row[0])
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """Open a blocking connection, turning any failure into one line naming the URL."""
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+    except psycopg.Error as error:
+        raise DatabaseError(f"cannot connect to {redact(url)}: {one_line(error)}") from None
+
+
+def identifier(name: str) -> sql.Identifier:
+    """Quote a table or column name; the only way names reach SQL text."""
+    return sql.Identifier(name)

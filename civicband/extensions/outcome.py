@@ -1,0 +1,51 @@
+"""The crawl's exit status, decided from what happened, for the project's `crawl` command."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from scrapy import Spider, signals
+from scrapy.crawler import Crawler
+from scrapy.statscollectors import StatsCollector
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 3
+
+
+def exit_status(stats: StatsCollector) -> int:
+    """0 all completed, 1 a job failed, 2 bad input or no database, 3 interrupted."""
+    if stats.get_value("civicband/exit_code") == EXIT_BAD_INPUT:
+        return EXIT_BAD_INPUT
+    failed = (
+        stats.get_value("civicband/jobs/failed", 0)
+        + stats.get_value("civicband/sites/failed", 0)
+        + stats.get_value("civicband/db/errors", 0)
+    )
+    if failed:
+        return EXIT_FAILED
+    if stats.get_value("finish_reason") == "shutdown":
+        return EXIT_INTERRUPTED
+    if stats.get_value("finish_reason") not in (None, "finished"):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+class Outcome:
+    """Record the exit status in stats (`civicband/exit_code`) for scrapyd and monitors."""
+
+    def __init__(self, stats: StatsCollector) -> None:
+        self.stats = stats
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        """Listen for the end of the crawl."""
+        extension = cls(crawler.stats)
+        crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
+        return extension
+
+    def spider_closed(self, spider: Spider, reason: str) -> None:
+        """Store the status the process will exit with."""
+        self.stats.set_value("finish_reason", reason)
+        self.stats.set_value("civicband/exit_code", exit_status(self.stats))

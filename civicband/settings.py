@@ -1,0 +1,44 @@
+"""The project's defaults; the only place that reads the environment."""
+
+import os
+
+from civicband import __version__
+
+BOT_NAME = "civicband"
+SPIDER_MODULES = ["civicband.spiders"]
+NEWSPIDER_MODULE = "civicband.spiders"
+COMMANDS_MODULE = "civicband.commands"
+
+# civic.band's bot wall refuses Scrapy's default and browser-like agents: say who we are.
+USER_AGENT = f"civicband/{__version__} (civic.band PostgreSQL mirror)"
+ROBOTSTXT_OBEY = False
+TELNETCONSOLE_ENABLED = False
+LOG_LEVEL = "INFO"
+
+CIVICBAND_DATABASE_URL = os.environ.get("CIVICBAND_DATABASE_URL", "")
+CIVICBAND_HOME = os.environ.get("CIVICBAND_HOME", ".civicband")
+CIVICBAND_DB_POOL_SIZE = 4
+CIVICBAND_SITE_URL = "https://{subdomain}.civic.band"
+CIVICBAND_INDEX_URL = "https://civic.band/"
+CIVICBAND_SERVICE_SECRET = os.environ.get("CIVICBAND_SERVICE_SECRET", "")
+CIVICBAND_BATCH_SIZE = 1000
+CIVICBAND_VERIFY_MAX_MISSING_RATIO = 0.01
+CIVICBAND_VERIFY_MAX_MISSING_ROWS = 100
+CIVICBAND_BACKOFF_BASE = 1.0
+CIVICBAND_BACKOFF_MAX = 60.0
+# All civic.band sites share one server and one per-IP limit, so all share one download slot.
+CIVICBAND_DOWNLOAD_SLOT = "civic.band"
+
+DOWNLOAD_TIMEOUT = 120
+RETRY_TIMES = 5
+CONCURRENT_REQUESTS = 16
+CONCURRENT_REQUESTS_PER_DOMAIN = 8
+DOWNLOAD_DELAY = 0
+# A 1000-row page is about 2 MB; pages in the pipeline are bounded by this.
+SCRAPER_SLOT_MAX_ACTIVE_SIZE = 50_000_000
+
+ITEM_PIPELINES = {"civicband.pipelines.PostgresPipeline": 300}
+EXTENSIONS = {
+    "civicband.store.Store": 0,
+    "civicband.extensions.outcome.Outcome": 10,
+}

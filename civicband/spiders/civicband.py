@@ -1,0 +1,221 @@
+"""The `civicband` spider: page through each site's agendas and minutes by Datasette's `next`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Self
+
+from scrapy import Request, Spider
+from scrapy.crawler import Crawler
+from scrapy.downloadermiddlewares.retry import get_retry_request
+from scrapy.exceptions import CloseSpider
+from scrapy.http import Response
+from scrapy.settings import BaseSettings
+from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.python.failure import Failure
+
+from civicband import datasette, jobs
+from civicband.args import ArgumentError, SpiderArguments, parse_arguments, parse_batch_size
+from civicband.db import DatabaseError, one_line
+from civicband.items import JobFailed, PageItem
+from civicband.store import Store
+
+logger = logging.getLogger(__name__)
+
+REDIRECTS = [301, 302, 303, 307, 308]
+EXIT_BAD_INPUT = 2
+
+
+class CivicbandSpider(Spider):
+    """Mirror agendas and minutes of one, several or all civic.band sites."""
+
+    name = "civicband"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.arguments: SpiderArguments = parse_arguments(kwargs)
+        super().__init__(
+            *args, **{k: v for k, v in kwargs.items() if k not in self.arguments.names}
+        )
+
+    @staticmethod
+    def check_arguments(
+        kwargs: dict[str, Any], settings: BaseSettings
+    ) -> tuple[SpiderArguments, str, int]:
+        """Validate arguments and settings before any request: (arguments, site URL, batch size)."""
+        arguments = parse_arguments(kwargs)
+        if arguments.resume or arguments.verify_only or arguments.repair:
+            raise ArgumentError(
+                "resume, verify_only and repair are not available in this version yet"
+            )
+        try:
+            site_url = datasette.check_site_url(settings.get("CIVICBAND_SITE_URL"))
+        except ValueError as error:
+            raise ArgumentError(str(error)) from None
+        batch_size = arguments.batch_size
+        if batch_size is None:
+            try:
+                batch_size = parse_batch_size(settings.get("CIVICBAND_BATCH_SIZE"))
+            except ArgumentError as error:
+                raise ArgumentError(f"CIVICBAND_BATCH_SIZE: {error}") from None
+        return arguments, site_url, batch_size
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        """Build the spider from checked arguments and settings."""
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        settings = crawler.settings
+        _, spider.site_url, spider.batch_size = cls.check_arguments(kwargs, settings)
+        secret = settings.get("CIVICBAND_SERVICE_SECRET") or ""
+        spider.headers = {"Accept": "application/json"}
+        if secret:
+            spider.headers["X-Service-Secret"] = secret
+        spider.download_slot = settings.get("CIVICBAND_DOWNLOAD_SLOT")
+        return spider
+
+    @property
+    def store(self) -> Store:
+        """The crawl's database."""
+        store = self.crawler.get_extension(Store)
+        assert store is not None, "civicband.store.Store must be in EXTENSIONS"
+        return store
+
+    def _stop(self, message: str, reason: str) -> CloseSpider:
+        """Bad input found at start: one line, exit status 2, nothing fetched."""
+        logger.error(message)
+        self.crawler.stats.set_value("civicband/exit_code", EXIT_BAD_INPUT)
+        return CloseSpider(reason)
+
+    async def start(self) -> AsyncIterator[Request]:
+        """Open the database, resolve the sites, and start one job per (site, type)."""
+        try:
+            await self.store.open()
+            async with self.store.connection() as conn:
+                subdomains = self.arguments.subdomains
+                if subdomains == ["all"]:
+                    subdomains = await jobs.all_subdomains(conn)
+                    if not subdomains:
+                        raise self._stop(
+                            "subdomain=all: the municipalities table is empty;"
+                            " run `scrapy crawl civicband-sites` first, or name sites",
+                            "civicband_bad_argument",
+                        )
+                    known = set(subdomains)
+                else:
+                    known = await jobs.known_subdomains(conn, subdomains)
+        except DatabaseError as error:
+            raise self._stop(str(error), "civicband_database_unavailable") from None
+        for subdomain in subdomains:
+            for document_type in self.arguments.document_types:
+                job_id = None
+                if subdomain in known:
+                    try:
+                        async with self.store.connection() as conn:
+                            job_id = await jobs.create_job(conn, subdomain, document_type)
+                    except Exception as error:  # one job's trouble must not end the others
+                        self.crawler.stats.inc_value("civicband/jobs/failed")
+                        logger.error(
+                            "%s/%s: could not start a job: %s",
+                            subdomain,
+                            document_type,
+                            one_line(error),
+                        )
+                        continue
+                    self.crawler.stats.inc_value("civicband/jobs/started")
+                yield self.page_request(job_id, subdomain, document_type, None)
+
+    def page_request(
+        self, job_id: int | None, subdomain: str, document_type: str, cursor: str | None
+    ) -> Request:
+        """One API page; job_id None means the site is new and the job starts on its answer."""
+        root = datasette.site_root(self.site_url, subdomain)
+        return Request(
+            datasette.table_url(root, document_type, self.batch_size, cursor),
+            callback=self.parse_page,
+            errback=self.page_failed,
+            headers=self.headers,
+            dont_filter=True,
+            meta={
+                "job_id": job_id,
+                "subdomain": subdomain,
+                "document_type": document_type,
+                "cursor": cursor,
+                "download_slot": self.download_slot,
+                "dont_redirect": True,
+                "handle_httpstatus_list": REDIRECTS,
+            },
+        )
+
+    async def parse_page(self, response: Response) -> AsyncIterator[Any]:
+        """Turn one answer into a PageItem and the request for the page after it."""
+        meta = response.meta
+        job_id, subdomain, document_type = meta["job_id"], meta["subdomain"], meta["document_type"]
+        if job_id is not None and job_id in self.store.stopped_jobs:
+            return
+        if response.status in REDIRECTS:
+            error = f"unknown site: {response.url} redirects to {self._location(response)}"
+            for item in self._failure(meta, error):
+                yield item
+            return
+        try:
+            page = datasette.parse_table_page(response.body)
+        except datasette.SourceError as error:
+            retry = get_retry_request(response.request, spider=self, reason="civicband_bad_answer")
+            if error.retryable and retry is not None:
+                yield retry
+                return
+            for item in self._failure(meta, f"{error} at {response.url}", retries_exhausted=True):
+                yield item
+            return
+        if job_id is None:
+            async with self.store.connection() as conn:
+                job_id = await jobs.create_job(conn, subdomain, document_type, new_site=True)
+            self.crawler.stats.inc_value("civicband/jobs/started")
+            self.crawler.stats.inc_value("civicband/sites/added")
+            logger.info("%s answers with JSON: added to municipalities", subdomain)
+        if page.next is not None:
+            yield self.page_request(job_id, subdomain, document_type, page.next)
+        yield PageItem(
+            job_id=job_id,
+            subdomain=subdomain,
+            document_type=document_type,
+            cursor_in=meta["cursor"],
+            cursor_out=page.next,
+            rows=page.rows,
+            url=response.url,
+        )
+
+    @staticmethod
+    def _location(response: Response) -> str:
+        return (response.headers.get("Location") or b"?").decode("latin-1")
+
+    def _failure(
+        self, meta: dict[str, Any], error: str, *, retries_exhausted: bool = False
+    ) -> Iterator[JobFailed]:
+        """The job for this request cannot go on; a site never seen before has no job to fail."""
+        if meta["job_id"] is None:
+            self.crawler.stats.inc_value("civicband/sites/failed")
+            logger.error("%s/%s: %s", meta["subdomain"], meta["document_type"], error)
+            return
+        yield JobFailed(
+            job_id=meta["job_id"],
+            subdomain=meta["subdomain"],
+            document_type=meta["document_type"],
+            error=error,
+            retries_exhausted=retries_exhausted,
+        )
+
+    async def page_failed(self, failure: Failure) -> AsyncIterator[Any]:
+        """Retries are used up, or the answer was an error that retrying cannot fix."""
+        request = failure.request  # type: ignore[attr-defined]
+        if failure.check(HttpError):
+            response = failure.value.response
+            error = f"HTTP {response.status} at {response.url}"
+            exhausted = response.status >= 500 or response.status == 429
+        else:
+            error = f"{failure.type.__name__}: {one_line(failure.value)} at {request.url}"
+            exhausted = True
+        if request.meta["job_id"] in self.store.stopped_jobs:
+            return
+        for item in self._failure(request.meta, error, retries_exhausted=exhausted):
+            yield item

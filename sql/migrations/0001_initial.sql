@@ -1,0 +1,81 @@
+-- The first schema: the mirror's tables, the jobs that fill them and the rows they could not store.
+
+CREATE TABLE municipalities (
+    subdomain  text PRIMARY KEY,
+    name       text,
+    state      text,
+    country    text,
+    kind       text,
+    pages      bigint,
+    last_updated text,
+    created    timestamptz NOT NULL DEFAULT now(),
+    modified   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE meeting_documents (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subdomain     text NOT NULL REFERENCES municipalities (subdomain),
+    document_type text NOT NULL CHECK (document_type IN ('agenda', 'minutes')),
+    meeting_name  text NOT NULL,
+    meeting_date  date NOT NULL,
+    created       timestamptz NOT NULL DEFAULT now(),
+    modified      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (subdomain, document_type, meeting_name, meeting_date)
+);
+
+CREATE TABLE meeting_pages (
+    subdomain     text NOT NULL,
+    document_type text NOT NULL CHECK (document_type IN ('agenda', 'minutes')),
+    id            text NOT NULL,
+    document_id   bigint NOT NULL REFERENCES meeting_documents (id),
+    page_number   integer,
+    text          text,
+    page_image    text,
+    entities_json text,
+    votes_json    text,
+    created       timestamptz NOT NULL DEFAULT now(),
+    modified      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (subdomain, document_type, id)
+);
+CREATE INDEX meeting_pages_document_id_idx ON meeting_pages (document_id);
+
+CREATE TABLE backfill_jobs (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subdomain          text NOT NULL REFERENCES municipalities (subdomain),
+    document_type      text NOT NULL CHECK (document_type IN ('agenda', 'minutes')),
+    status             text NOT NULL DEFAULT 'pending'
+                       CHECK (status IN ('pending', 'running', 'completed', 'failed', 'paused')),
+    last_cursor        text,
+    pages_fetched      bigint NOT NULL DEFAULT 0,
+    pages_created      bigint NOT NULL DEFAULT 0,
+    pages_updated      bigint NOT NULL DEFAULT 0,
+    errors_encountered bigint NOT NULL DEFAULT 0,
+    batches_committed  bigint NOT NULL DEFAULT 0,
+    expected_count     bigint,
+    actual_count       bigint,
+    verified_at        timestamptz,
+    verify_status      text CHECK (verify_status IN ('passed', 'warned', 'failed', 'unknown')),
+    last_error         text,
+    retry_count        integer NOT NULL DEFAULT 0,
+    created            timestamptz NOT NULL DEFAULT now(),
+    modified           timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX backfill_jobs_one_running_idx
+    ON backfill_jobs (subdomain, document_type) WHERE status = 'running';
+CREATE INDEX backfill_jobs_site_type_idx ON backfill_jobs (subdomain, document_type, id DESC);
+CREATE INDEX backfill_jobs_status_idx ON backfill_jobs (status);
+
+CREATE TABLE rejected_rows (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subdomain     text NOT NULL,
+    document_type text NOT NULL CHECK (document_type IN ('agenda', 'minutes')),
+    row_id        text,
+    reason        text NOT NULL,
+    raw           text NOT NULL,
+    raw_md5       text GENERATED ALWAYS AS (md5(raw)) STORED,
+    job_id        bigint REFERENCES backfill_jobs (id),
+    created       timestamptz NOT NULL DEFAULT now(),
+    modified      timestamptz NOT NULL DEFAULT now(),
+    -- the same bad row met again (a re-crawl) is one rejection, not two
+    UNIQUE (subdomain, document_type, raw_md5)
+);

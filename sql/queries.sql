@@ -1,0 +1,107 @@
+-- Named queries, loaded by civicband.db.query("name"). Parameters are always bound.
+
+-- name: staging_table
+-- One page of source rows lands here by COPY before the set-based upserts; emptied at commit.
+CREATE TEMP TABLE IF NOT EXISTS civicband_staging (
+    id            text NOT NULL,
+    meeting_name  text NOT NULL,
+    meeting_date  date NOT NULL,
+    page_number   integer,
+    text          text,
+    page_image    text,
+    entities_json text,
+    votes_json    text
+) ON COMMIT DELETE ROWS
+
+-- name: copy_staging
+COPY civicband_staging (id, meeting_name, meeting_date, page_number, text, page_image,
+                        entities_json, votes_json) FROM STDIN
+
+-- name: claim_cursor
+-- Locks the job row and proves this page follows the last committed one.
+SELECT status, last_cursor IS NOT DISTINCT FROM %(cursor_in)s AS in_order
+FROM backfill_jobs WHERE id = %(job_id)s FOR UPDATE
+
+-- name: old_documents
+-- Documents that rows of this page are about to leave (their meeting or date changed).
+SELECT DISTINCT p.document_id
+FROM civicband_staging s
+JOIN meeting_pages p
+  ON p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s AND p.id = s.id
+JOIN meeting_documents d ON d.id = p.document_id
+WHERE (d.meeting_name, d.meeting_date) IS DISTINCT FROM (s.meeting_name, s.meeting_date)
+
+-- name: upsert_documents
+INSERT INTO meeting_documents (subdomain, document_type, meeting_name, meeting_date)
+SELECT DISTINCT %(subdomain)s::text, %(document_type)s::text, meeting_name, meeting_date FROM civicband_staging
+ON CONFLICT (subdomain, document_type, meeting_name, meeting_date) DO NOTHING
+
+-- name: upsert_pages
+-- Unchanged rows are not rewritten; created = rows whose insert did not conflict.
+WITH written AS (
+    INSERT INTO meeting_pages AS p (subdomain, document_type, id, document_id, page_number, text,
+                                    page_image, entities_json, votes_json)
+    SELECT %(subdomain)s::text, %(document_type)s::text, s.id, d.id, s.page_number, s.text, s.page_image,
+           s.entities_json, s.votes_json
+    FROM civicband_staging s
+    JOIN meeting_documents d
+      ON d.subdomain = %(subdomain)s AND d.document_type = %(document_type)s
+     AND d.meeting_name = s.meeting_name AND d.meeting_date = s.meeting_date
+    ON CONFLICT (subdomain, document_type, id) DO UPDATE
+       SET document_id = EXCLUDED.document_id, page_number = EXCLUDED.page_number,
+           text = EXCLUDED.text, page_image = EXCLUDED.page_image,
+           entities_json = EXCLUDED.entities_json, votes_json = EXCLUDED.votes_json,
+           modified = now()
+     WHERE (p.document_id, p.page_number, p.text, p.page_image, p.entities_json, p.votes_json)
+           IS DISTINCT FROM (EXCLUDED.document_id, EXCLUDED.page_number, EXCLUDED.text,
+                             EXCLUDED.page_image, EXCLUDED.entities_json, EXCLUDED.votes_json)
+    RETURNING (xmax = 0) AS created
+)
+SELECT count(*) FILTER (WHERE created) AS created, count(*) FILTER (WHERE NOT created) AS changed
+FROM written
+
+-- name: delete_orphan_documents
+DELETE FROM meeting_documents d
+WHERE d.id = ANY(%(ids)s)
+  AND NOT EXISTS (SELECT 1 FROM meeting_pages p WHERE p.document_id = d.id)
+
+-- name: reject_row
+INSERT INTO rejected_rows (subdomain, document_type, row_id, reason, raw, job_id)
+VALUES (%(subdomain)s, %(document_type)s, %(row_id)s, %(reason)s, %(raw)s, %(job_id)s)
+ON CONFLICT (subdomain, document_type, raw_md5) DO UPDATE
+   SET reason = EXCLUDED.reason, row_id = EXCLUDED.row_id, job_id = EXCLUDED.job_id,
+       modified = now()
+
+-- name: advance_job
+UPDATE backfill_jobs
+   SET last_cursor = %(cursor_out)s,
+       pages_fetched = pages_fetched + %(fetched)s,
+       pages_created = pages_created + %(created)s,
+       pages_updated = pages_updated + %(updated)s,
+       errors_encountered = errors_encountered + %(errors)s,
+       batches_committed = batches_committed + 1,
+       modified = now()
+ WHERE id = %(job_id)s
+
+-- name: municipality_subdomains
+SELECT subdomain FROM municipalities ORDER BY subdomain
+
+-- name: known_subdomains
+SELECT subdomain FROM municipalities WHERE subdomain = ANY(%(subdomains)s)
+
+-- name: ensure_municipality
+INSERT INTO municipalities (subdomain) VALUES (%(subdomain)s) ON CONFLICT (subdomain) DO NOTHING
+
+-- name: create_job
+INSERT INTO backfill_jobs (subdomain, document_type, status)
+VALUES (%(subdomain)s, %(document_type)s, 'running')
+RETURNING id
+
+-- name: finish_job
+UPDATE backfill_jobs
+   SET status = %(status)s, last_error = %(last_error)s,
+       retry_count = retry_count + %(retry_increment)s, modified = now()
+ WHERE id = %(job_id)s AND status = 'running'
+
+-- name: get_job
+SELECT * FROM backfill_jobs WHERE id = %(job_id)s
