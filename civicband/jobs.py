@@ -23,17 +23,19 @@ async def known_subdomains(conn: psycopg.AsyncConnection, subdomains: list[str])
 
 async def create_job(
     conn: psycopg.AsyncConnection, subdomain: str, document_type: str, *, new_site: bool = False
-) -> int:
-    """Start a running job for one (site, type); a new site joins municipalities."""
+) -> tuple[int, bool]:
+    """Start a running job for one (site, type): (job id, whether the site joined municipalities)."""
+    added = False
     async with conn.transaction():
         if new_site:
-            await conn.execute(query("ensure_municipality"), {"subdomain": subdomain})
+            inserted = await conn.execute(query("ensure_municipality"), {"subdomain": subdomain})
+            added = inserted.rowcount == 1
         cursor = await conn.execute(
             query("create_job"), {"subdomain": subdomain, "document_type": document_type}
         )
         row = await cursor.fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row[0]), added
 
 
 async def finish_job(

@@ -111,7 +111,7 @@ class CivicbandSpider(Spider):
                 if subdomain in known:
                     try:
                         async with self.store.connection() as conn:
-                            job_id = await jobs.create_job(conn, subdomain, document_type)
+                            job_id, _ = await jobs.create_job(conn, subdomain, document_type)
                     except Exception as error:  # one job's trouble must not end the others
                         self.crawler.stats.inc_value("civicband/jobs/failed")
                         logger.error(
@@ -169,10 +169,11 @@ class CivicbandSpider(Spider):
             return
         if job_id is None:
             async with self.store.connection() as conn:
-                job_id = await jobs.create_job(conn, subdomain, document_type, new_site=True)
+                job_id, added = await jobs.create_job(conn, subdomain, document_type, new_site=True)
             self.crawler.stats.inc_value("civicband/jobs/started")
-            self.crawler.stats.inc_value("civicband/sites/added")
-            logger.info("%s answers with JSON: added to municipalities", subdomain)
+            if added:
+                self.crawler.stats.inc_value("civicband/sites/added")
+                logger.info("%s answers with JSON: added to municipalities", subdomain)
         if page.next is not None:
             yield self.page_request(job_id, subdomain, document_type, page.next)
         yield PageItem(
