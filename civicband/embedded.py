@@ -101,10 +101,18 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Make sure the server runs and this process is counted as a user; return its URL."""
+        state = ""
         try:
             with self._home_lock():
-                state = self._ensure_running()
-                self._ensure_database(DEFAULT_DBNAME)
+                try:
+                    state = self._ensure_running()
+                    self._ensure_database(DEFAULT_DBNAME)
+                except BaseException:
+                    # Don't leave behind a server we just started and nobody uses.
+                    if state == "started" and not self._live_users():
+                        with contextlib.suppress(EmbeddedPostgresError, OSError):
+                            self._stop_server()
+                    raise
                 with _process_lock:
                     if not self._started:
                         self._started = True
@@ -113,7 +121,7 @@ class EmbeddedPostgres:
                     self._register(os.getpid())
         except EmbeddedPostgresError:
             raise
-        except (OSError, psycopg.Error) as error:
+        except (OSError, ValueError, psycopg.Error) as error:
             raise EmbeddedPostgresError(
                 f"embedded PostgreSQL failed to start: {_one_line(error)}; see {self.log_path}"
             ) from None
