@@ -24,7 +24,7 @@ async def known_subdomains(conn: psycopg.AsyncConnection, subdomains: list[str])
 async def create_job(
     conn: psycopg.AsyncConnection, subdomain: str, document_type: str, *, new_site: bool = False
 ) -> tuple[int, bool]:
-    """Start a running job for one (site, type): (job id, whether the site joined municipalities)."""
+    """Start a running job for one (site, type): (job id, whether the site is new)."""
     added = False
     async with conn.transaction():
         if new_site:

@@ -44,18 +44,19 @@ class PostgresPipeline:
     async def process_item(self, item: Any) -> Any:
         """Write a page or record a job's end; anything else passes through."""
         if isinstance(item, PageItem):
+            # Cleaning is CPU work: do it before waiting for the previous page's transaction.
+            page = clean_page(item.rows)
             async with self._locks[item.job_id]:
-                await self._store_page(item)
+                await self._store_page(item, page)
         elif isinstance(item, JobFailed):
             async with self._locks[item.job_id]:
                 await self._fail_job(item)
             self._locks.pop(item.job_id, None)
         return item
 
-    async def _store_page(self, item: PageItem) -> None:
+    async def _store_page(self, item: PageItem, page: PageRows) -> None:
         if item.job_id in self.store.stopped_jobs:
             raise DropItem(f"job {item.job_id} has stopped; page not stored")
-        page = clean_page(item.rows)
         try:
             outcome = await self._write(item, page)
         except psycopg.Error as error:
@@ -81,7 +82,6 @@ class PostgresPipeline:
         stats.inc_value("civicband/rows/changed", changed)
         stats.inc_value("civicband/rows/rejected", len(page.rejected))
         stats.inc_value("civicband/rows/nul_removed", page.nul_removed)
-        stats.inc_value("civicband/rows/invalid_json", page.invalid_json)
         for rejection in page.rejected:
             logger.warning(
                 "Rejected a row of %s/%s (id %r): %s",
@@ -111,14 +111,10 @@ class PostgresPipeline:
                 async with conn.cursor().copy(query("copy_staging")) as copy:
                     for row in page.clean:
                         await copy.write_row(row.as_tuple())
-                old_cursor = await conn.execute(query("old_documents"), params)
-                left = [row[0] for row in await old_cursor.fetchall()]
                 await conn.execute(query("upsert_documents"), params)
                 counts = await (await conn.execute(query("upsert_pages"), params)).fetchone()
                 assert counts is not None
                 created, changed = int(counts[0]), int(counts[1])
-                if left:
-                    await conn.execute(query("delete_orphan_documents"), {"ids": left})
             if page.rejected:
                 async with conn.cursor() as cursor:
                     await cursor.executemany(
@@ -147,6 +143,9 @@ class PostgresPipeline:
                 },
             )
             if item.final:
+                # Once per pass rather than per page: a page that moved leaves its old document
+                # empty until the job's last page, and no longer.
+                await conn.execute(query("delete_orphan_documents"), params)
                 await jobs.finish_job(conn, item.job_id, "completed")
         return created, updated, changed
 

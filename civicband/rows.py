@@ -11,7 +11,6 @@ from typing import Any
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_ID_LENGTH = 200
 TEXT_COLUMNS = ("meeting", "text", "page_image", "entities_json", "votes_json")
-JSON_COLUMNS = ("entities_json", "votes_json")
 PG_INTEGER = 2**31 - 1
 
 
@@ -58,7 +57,6 @@ class PageRows:
     clean: list[CleanRow] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     nul_removed: int = 0
-    invalid_json: int = 0
 
 
 def raw_text(row: Any) -> str:
@@ -121,10 +119,13 @@ def _parse_page(value: Any) -> tuple[bool, int | None]:
     return False, None
 
 
-def clean_row(row: Any) -> tuple[CleanRow | None, Rejection | None, int, bool]:
-    """Check one row: (clean row, or its rejection), NULs removed, and whether JSON was invalid."""
+def clean_row(row: Any) -> tuple[CleanRow | None, Rejection | None, int]:
+    """Check one row: (clean row, or its rejection), and how many NULs were removed.
+
+    entities_json and votes_json are kept as the text the source sent, valid JSON or not.
+    """
     if not isinstance(row, dict):
-        return None, Rejection(None, "row is not an object", raw_text(row)), 0, False
+        return None, Rejection(None, "row is not an object", raw_text(row)), 0
     removed = 0
     # NULs are removed from text only: an id or date holding one is invalid, not repaired.
     values: dict[str, Any] = {"id": row.get("id"), "date": row.get("date")}
@@ -132,29 +133,24 @@ def clean_row(row: Any) -> tuple[CleanRow | None, Rejection | None, int, bool]:
         values[column], count = _strip_nul(row.get(column))
         removed += count
     row_id = _parse_id(values["id"])
-    raw = raw_text(row)
-    shown_id = None if values["id"] is None else str(values["id"])[:MAX_ID_LENGTH]
     if row_id is None:
-        return None, Rejection(shown_id, "missing or invalid id", raw), removed, False
+        shown_id = None if values["id"] is None else str(values["id"])[:MAX_ID_LENGTH]
+        return None, Rejection(shown_id, "missing or invalid id", raw_text(row)), removed
     meeting = _as_text(values["meeting"])
+    reason = None
     if meeting is None or not meeting.strip():
-        return None, Rejection(row_id, "missing meeting", raw), removed, False
-    if values["date"] is None or values["date"] == "":
-        return None, Rejection(row_id, "missing date", raw), removed, False
+        reason = "missing meeting"
+    elif values["date"] is None or values["date"] == "":
+        reason = "missing date"
     meeting_date = _parse_date(values["date"])
-    if meeting_date is None:
-        return None, Rejection(row_id, "date is not a valid YYYY-MM-DD", raw), removed, False
+    if reason is None and meeting_date is None:
+        reason = "date is not a valid YYYY-MM-DD"
     page_ok, page_number = _parse_page(row.get("page"))
-    if not page_ok:
-        return None, Rejection(row_id, "page is not an integer", raw), removed, False
-    invalid_json = False
-    for column in JSON_COLUMNS:
-        value = values[column]
-        if isinstance(value, str) and value:
-            try:
-                json.loads(value)
-            except ValueError:
-                invalid_json = True
+    if reason is None and not page_ok:
+        reason = "page is not an integer"
+    if reason is not None:
+        return None, Rejection(row_id, reason, raw_text(row)), removed
+    assert meeting is not None and meeting_date is not None
     clean = CleanRow(
         id=row_id,
         meeting_name=meeting,
@@ -165,7 +161,7 @@ def clean_row(row: Any) -> tuple[CleanRow | None, Rejection | None, int, bool]:
         entities_json=_as_text(values["entities_json"]),
         votes_json=_as_text(values["votes_json"]),
     )
-    return clean, None, removed, invalid_json
+    return clean, None, removed
 
 
 def clean_page(rows: list[Any]) -> PageRows:
@@ -173,7 +169,7 @@ def clean_page(rows: list[Any]) -> PageRows:
     page = PageRows()
     seen: set[str] = set()
     for row in rows:
-        clean, rejection, removed, invalid_json = clean_row(row)
+        clean, rejection, removed = clean_row(row)
         page.nul_removed += removed
         if clean is not None and clean.id in seen:
             clean, rejection = (
@@ -185,6 +181,5 @@ def clean_page(rows: list[Any]) -> PageRows:
             page.rejected.append(rejection)
             continue
         seen.add(clean.id)
-        page.invalid_json += invalid_json
         page.clean.append(clean)
     return page

@@ -34,8 +34,9 @@ RETRY_TIMES = 5
 CONCURRENT_REQUESTS = 16
 CONCURRENT_REQUESTS_PER_DOMAIN = 8
 DOWNLOAD_DELAY = 0
-# A 1000-row page is about 2 MB; pages in the pipeline are bounded by this.
-SCRAPER_SLOT_MAX_ACTIVE_SIZE = 50_000_000
+# A 1000-row page is 2-4 MB of JSON: this bounds the pages parsed and waiting to be stored
+# (memory) while leaving room for a few jobs to write at once.
+SCRAPER_SLOT_MAX_ACTIVE_SIZE = 20_000_000
 
 ITEM_PIPELINES = {"civicband.pipelines.PostgresPipeline": 300}
 EXTENSIONS = {

@@ -97,6 +97,8 @@ class Store:
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection) -> None:
+        # A page (up to 1000 rows of OCR text) stays in memory instead of spilling to disk.
+        await conn.execute("SET temp_buffers = '64MB'")
         await conn.execute(db.query("staging_table"))
         await conn.commit()
 

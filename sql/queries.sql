@@ -22,15 +22,6 @@ COPY civicband_staging (id, meeting_name, meeting_date, page_number, text, page_
 SELECT status, last_cursor IS NOT DISTINCT FROM %(cursor_in)s AS in_order
 FROM backfill_jobs WHERE id = %(job_id)s FOR UPDATE
 
--- name: old_documents
--- Documents that rows of this page are about to leave (their meeting or date changed).
-SELECT DISTINCT p.document_id
-FROM civicband_staging s
-JOIN meeting_pages p
-  ON p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s AND p.id = s.id
-JOIN meeting_documents d ON d.id = p.document_id
-WHERE (d.meeting_name, d.meeting_date) IS DISTINCT FROM (s.meeting_name, s.meeting_date)
-
 -- name: upsert_documents
 INSERT INTO meeting_documents (subdomain, document_type, meeting_name, meeting_date)
 SELECT DISTINCT %(subdomain)s::text, %(document_type)s::text, meeting_name, meeting_date FROM civicband_staging
@@ -61,8 +52,9 @@ SELECT count(*) FILTER (WHERE created) AS created, count(*) FILTER (WHERE NOT cr
 FROM written
 
 -- name: delete_orphan_documents
+-- Documents whose pages all moved away (their meeting or date changed at the source).
 DELETE FROM meeting_documents d
-WHERE d.id = ANY(%(ids)s)
+WHERE d.subdomain = %(subdomain)s AND d.document_type = %(document_type)s
   AND NOT EXISTS (SELECT 1 FROM meeting_pages p WHERE p.document_id = d.id)
 
 -- name: reject_row

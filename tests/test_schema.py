@@ -1,0 +1,77 @@
+"""schema.sql and the ordered migrations must describe the same database."""
+
+import psycopg
+from psycopg import sql
+
+from civicband import db
+
+CATALOG = """
+SELECT 'column', c.relname || '.' || a.attname,
+       format_type(a.atttypid, a.atttypmod) || ' notnull=' || a.attnotnull
+       || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+       || ' generated=' || a.attgenerated || ' identity=' || a.attidentity
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE n.nspname = %(schema)s AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind = 'r'
+UNION ALL
+SELECT 'constraint', c.relname || '.' || co.conname, pg_get_constraintdef(co.oid)
+FROM pg_constraint co
+JOIN pg_class c ON c.oid = co.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s
+UNION ALL
+SELECT 'index', i.indexname, replace(i.indexdef, %(schema)s || '.', '')
+FROM pg_indexes i WHERE i.schemaname = %(schema)s
+ORDER BY 1, 2
+"""
+
+
+def _catalog(conn: psycopg.Connection, schema: str) -> list[tuple[str, str, str]]:
+    return conn.execute(CATALOG, {"schema": schema}).fetchall()
+
+
+def test_migrations_and_schema_agree(database_url):
+    with psycopg.connect(database_url) as conn:
+        for schema, apply in (
+            ("by_migrations", db.apply_migrations_only),
+            ("by_schema", lambda c: c.execute(db.schema_sql())),
+        ):
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            apply(conn)
+        conn.commit()
+        by_migrations = _catalog(conn, "by_migrations")
+        by_schema = _catalog(conn, "by_schema")
+    assert by_migrations, "the migrations created nothing"
+    assert [row for row in by_migrations if row[0] == "column"], "no columns compared"
+    assert by_migrations == by_schema
+
+
+def test_migrate_is_idempotent_and_records_versions(database_url):
+    with psycopg.connect(database_url) as conn:
+        first = db.migrate(conn)
+        second = db.migrate(conn)
+        versions = [row[0] for row in conn.execute("SELECT version FROM civicband_migrations")]
+    assert first == [version for version, _, _ in db.migration_files()]
+    assert second == []
+    assert versions == first
+
+
+def test_old_database_gets_only_missing_migrations(database_url):
+    with psycopg.connect(database_url) as conn:
+        db.apply_migrations_only(conn)
+        conn.execute(
+            "CREATE TABLE civicband_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute("INSERT INTO civicband_migrations (version, name) VALUES (1, 'initial')")
+        conn.commit()
+        assert db.migrate(conn) == [v for v, _, _ in db.migration_files() if v > 1]
+
+
+def test_sql_files_ship_inside_the_package():
+    assert "upsert_pages" in db.queries()
+    assert db.migration_files()[0][0] == 1
+    assert "CREATE TABLE meeting_pages" in db.schema_sql()

@@ -1,0 +1,56 @@
+"""Spider arguments: every bad value is refused with one line naming the argument."""
+
+import pytest
+
+from civicband.args import ArgumentError, parse_arguments
+
+
+def test_defaults():
+    args = parse_arguments({"subdomain": "oakland.ca"})
+    assert args.subdomains == ["oakland.ca"]
+    assert args.document_types == ("agenda", "minutes")
+    assert args.batch_size is None
+    assert (args.resume, args.verify_only, args.repair) == (False, False, False)
+
+
+def test_lists_types_and_booleans():
+    args = parse_arguments(
+        {
+            "subdomain": "Oakland.ca, berkeley.ca,oakland.ca",
+            "document_type": "agenda",
+            "batch_size": "500",
+            "resume": "YES",
+            "repair": "0",
+        }
+    )
+    assert args.subdomains == ["oakland.ca", "berkeley.ca"]
+    assert args.document_types == ("agenda",)
+    assert args.batch_size == 500
+    assert args.resume is True and args.repair is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({}, "subdomain"),
+        ({"subdomain": ""}, "subdomain"),
+        ({"subdomain": "http://evil.example/x"}, "subdomain"),
+        ({"subdomain": "a.ca/../b"}, "subdomain"),
+        ({"subdomain": "evil.com:8080"}, "subdomain"),
+        ({"subdomain": "user@evil.com"}, "subdomain"),
+        ({"subdomain": "a..b"}, "subdomain"),
+        ({"subdomain": "all,oakland.ca"}, "subdomain"),
+        ({"subdomain": "a.ca", "document_type": "agendas"}, "document_type"),
+        ({"subdomain": "a.ca", "batch_size": "0"}, "batch_size"),
+        ({"subdomain": "a.ca", "batch_size": "1001"}, "batch_size"),
+        ({"subdomain": "a.ca", "batch_size": "ten"}, "batch_size"),
+        ({"subdomain": "a.ca", "resume": "maybe"}, "resume"),
+        ({"subdomain": "a.ca", "verify_only": "2"}, "verify_only"),
+    ],
+)
+def test_bad_arguments_name_themselves_in_one_line(kwargs, named):
+    with pytest.raises(ArgumentError) as raised:
+        parse_arguments(kwargs)
+    message = str(raised.value)
+    assert message.startswith(f"{named}:")
+    assert "\n" not in message
