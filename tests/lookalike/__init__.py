@@ -1,0 +1,1 @@
+"""civic.band look-alike test harness: real Datasette servers with fault injection."""
