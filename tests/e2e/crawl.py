@@ -29,7 +29,7 @@ class CrawlResult:
     @property
     def stats(self) -> dict[str, Any]:
         """The final stats dump, parsed."""
-        match = re.search(r"Dumping Scrapy stats:\n(\{.*?\n\})", self.stderr, re.S)
+        match = re.search(r"Dumping Scrapy stats:\n(\{.*?\})\n\d{4}-", self.stderr, re.S)
         assert match, f"no stats dump in output:\n{self.stderr[-3000:]}"
         return eval(match.group(1), {"datetime": datetime})  # noqa: S307 - our own log
 

@@ -92,7 +92,7 @@ def test_hostile_rows_are_quarantined_and_the_rest_stored(database_url, source):
     rejected = fetch(
         database_url,
         "SELECT row_id, reason, raw, job_id FROM rejected_rows WHERE subdomain = %s"
-        " ORDER BY reason",
+        " ORDER BY row_id NULLS LAST",
         [site.subdomain],
     )
     assert [(r["row_id"], r["reason"]) for r in rejected] == [
@@ -176,22 +176,48 @@ def test_unknown_site_fails_at_once_and_is_not_added(database_url, source):
 
 
 def test_html_at_200_is_an_error_not_an_empty_page(database_url, source):
-    site = source.create_site(agendas=20, minutes=0)
-    source.faults.add(match=f"/{site.subdomain}/meetings/agendas", action="html", times=-1)
+    site = source.create_site(agendas=120, minutes=0)
+    assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
+    site.add_rows("agendas", source_rows := [{**site.rows("agendas")[0], "id": "ffffffffffff"}])
+    # Page 1 answers; every later page is a bot wall: the job fails, keeping page 1 and its cursor.
+    source.faults.add(
+        match=f"/{site.subdomain}/meetings/agendas.json.*_next=", action="html", times=-1
+    )
     result = crawl(
         database_url,
         source,
         f"subdomain={site.subdomain}",
         "document_type=agenda",
+        "batch_size=50",
         settings={"RETRY_TIMES": 2},
     )
     assert result.returncode == 1, result
-    (job,) = jobs(database_url, site.subdomain)
+    job = jobs(database_url, site.subdomain)[-1]
     assert job["status"] == "failed"
     assert "HTML" in job["last_error"] and site.subdomain in job["last_error"]
-    assert job["pages_fetched"] == 0
-    assert mirrored(database_url, site.subdomain, "agenda") == {}
-    assert len([r for r in source.requests() if site.subdomain in r["path"]]) == 3
+    assert job["pages_fetched"] == 50 and job["last_cursor"] is not None
+    assert job["retry_count"] == 1
+    assert "ffffffffffff" not in mirrored(database_url, site.subdomain, "agenda")
+    assert source_rows
+    paged = [r for r in source.requests() if "_next=" in r["query"]]
+    assert len(paged) == 3  # the first try and RETRY_TIMES retries
+
+
+def test_new_site_behind_a_bot_wall_is_not_added(database_url, source):
+    site = source.create_site(agendas=20, minutes=0)
+    source.faults.add(match=f"/{site.subdomain}/", action="html", times=-1)
+    result = crawl(
+        database_url,
+        source,
+        f"subdomain={site.subdomain}",
+        "document_type=agenda",
+        settings={"RETRY_TIMES": 1},
+    )
+    assert result.returncode == 1, result
+    assert "HTML" in result.stderr
+    assert result.stats["civicband/sites/failed"] == 1
+    assert fetch(database_url, "SELECT count(*) AS n FROM municipalities")[0]["n"] == 0
+    assert fetch(database_url, "SELECT count(*) AS n FROM meeting_pages")[0]["n"] == 0
 
 
 def test_truncated_json_is_retried_then_stored(database_url, source):
@@ -205,10 +231,11 @@ def test_truncated_json_is_retried_then_stored(database_url, source):
 
 def test_other_4xx_fails_the_job_with_status_and_url(database_url, source):
     site = source.create_site(agendas=25, minutes=10)
+    assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
     source.faults.add(match=f"/{site.subdomain}/meetings/minutes", action="status", status=403)
     result = crawl(database_url, source, f"subdomain={site.subdomain}")
     assert result.returncode == 1, result
-    by_type = {job["document_type"]: job for job in jobs(database_url, site.subdomain)}
+    by_type = {job["document_type"]: job for job in jobs(database_url, site.subdomain)[2:]}
     assert by_type["agenda"]["status"] == "completed"
     assert by_type["minutes"]["status"] == "failed"
     assert "HTTP 403" in by_type["minutes"]["last_error"]
