@@ -12,7 +12,10 @@ COMMANDS_MODULE = "civicband.commands"
 # civic.band's bot wall refuses Scrapy's default and browser-like agents: say who we are.
 USER_AGENT = f"civicband/{__version__} (civic.band PostgreSQL mirror)"
 ROBOTSTXT_OBEY = False
+# Both run arbitrary code inside the crawl, which holds the database URL and the service
+# secret; live status is read-only (SPEC §4), so neither is on.
 TELNETCONSOLE_ENABLED = False
+REMOTE_CONTROL_ENABLED = False
 LOG_LEVEL = "INFO"
 
 CIVICBAND_DATABASE_URL = os.environ.get("CIVICBAND_DATABASE_URL", "")
