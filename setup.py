@@ -1,0 +1,5 @@
+"""For scrapyd-deploy, which builds an egg with `setup.py bdist_egg`; pyproject.toml holds the rest."""
+
+from setuptools import setup
+
+setup()
