@@ -1,4 +1,4 @@
-"""For scrapyd-deploy, which builds an egg with `setup.py bdist_egg`; pyproject.toml holds the rest."""
+"""For scrapyd-deploy, which builds an egg with setup.py; pyproject.toml holds the rest."""
 
 from setuptools import setup
 
