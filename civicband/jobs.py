@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from civicband.db import query
+
+if TYPE_CHECKING:
+    from civicband.store import Store
+
+CLAIM_CLASS = 0x6362636C  # "cbcl": claimers of one (site, type) take turns
 
 
 async def all_subdomains(conn: psycopg.AsyncConnection) -> list[str]:
@@ -64,3 +70,57 @@ async def get_job(conn: psycopg.AsyncConnection, job_id: int) -> dict[str, Any] 
     cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
     await cursor.execute(query("get_job"), {"job_id": job_id})
     return await cursor.fetchone()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What start() got for one (site, type): a job to run from a cursor, or a live one to skip."""
+
+    job_id: int
+    cursor: str | None
+    how: str  # "new", "resumed", "took over" (abandoned), or "skipped" (live elsewhere)
+
+    @property
+    def runs(self) -> bool:
+        """This process runs the job."""
+        return self.how != "skipped"
+
+
+async def claim(
+    conn: psycopg.AsyncConnection, store: Store, subdomain: str, document_type: str, *, resume: bool
+) -> Claim:
+    """Choose and lease the job to run for one (site, type), as SPEC §3 `resume` says."""
+    params = {"subdomain": subdomain, "document_type": document_type}
+    taken: int | None = None
+    try:
+        async with conn.transaction():
+            await conn.execute(query("lock_site_type"), {**params, "class": CLAIM_CLASS})
+            newest = await (await conn.execute(query("newest_job"), params)).fetchone()
+            if newest is not None:
+                job_id, status, cursor = newest
+                if status == "running":
+                    if not await store.try_lease(job_id):
+                        return Claim(job_id, cursor, "skipped")
+                    taken = job_id
+                    if resume:
+                        return Claim(job_id, cursor, "took over")
+                    await conn.execute(query("abandon_job"), {"job_id": job_id})
+                elif resume and status in ("failed", "paused"):
+                    if not await store.try_lease(job_id):
+                        return Claim(job_id, cursor, "skipped")
+                    taken = job_id
+                    await conn.execute(query("resume_job"), {"job_id": job_id})
+                    return Claim(job_id, cursor, "resumed")
+            row = await (await conn.execute(query("create_job"), params)).fetchone()
+            assert row is not None
+            new_id = int(row[0])
+            if taken is not None:
+                await store.release(taken)
+                taken = None
+            taken = new_id
+            await store.try_lease(new_id)
+            return Claim(new_id, None, "new")
+    except BaseException:
+        if taken is not None:
+            await store.release(taken)
+        raise

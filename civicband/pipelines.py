@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import Any, Self
 
 import psycopg
+from psycopg_pool import PoolTimeout
 from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem
 
@@ -15,9 +16,13 @@ from civicband import db, jobs
 from civicband.db import query
 from civicband.items import JobFailed, PageItem
 from civicband.rows import PageRows, clean_page
-from civicband.store import Store
+from civicband.store import LEASE_CLASS, Store
 
 logger = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another process took this job over: this one must stop writing it."""
 
 
 class PostgresPipeline:
@@ -26,6 +31,10 @@ class PostgresPipeline:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.stats = crawler.stats
+        settings = crawler.settings
+        self.db_retries = settings.getint("CIVICBAND_DB_RETRIES")
+        self.backoff_base = settings.getfloat("CIVICBAND_BACKOFF_BASE")
+        self.backoff_max = settings.getfloat("CIVICBAND_BACKOFF_MAX")
         # Items of one job are written one at a time, in the order they arrive (Lock is FIFO).
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -57,19 +66,7 @@ class PostgresPipeline:
     async def _store_page(self, item: PageItem, page: PageRows) -> None:
         if item.job_id in self.store.stopped_jobs:
             raise DropItem(f"job {item.job_id} has stopped; page not stored")
-        try:
-            outcome = await self._write(item, page)
-        except psycopg.Error as error:
-            self.store.stopped_jobs.add(item.job_id)
-            self.stats.inc_value("civicband/db/errors")
-            message = f"database error storing a page of {item.url}: {db.one_line(error)}"
-            logger.error(
-                "Job %s %s/%s: %s", item.job_id, item.subdomain, item.document_type, message
-            )
-            await self._fail_job(
-                JobFailed(item.job_id, item.subdomain, item.document_type, message)
-            )
-            raise DropItem(message) from None
+        outcome = await self._write_with_retries(item, page)
         if outcome is None:
             self.stats.inc_value("civicband/pages/duplicates_dropped")
             raise DropItem(f"page of job {item.job_id} already stored (cursor {item.cursor_in!r})")
@@ -93,7 +90,97 @@ class PostgresPipeline:
         if item.final:
             stats.inc_value("civicband/jobs/completed")
             self._locks.pop(item.job_id, None)
+            await self._end(item.job_id)
             logger.info("Job %s %s/%s completed", item.job_id, item.subdomain, item.document_type)
+
+    async def _write_with_retries(
+        self, item: PageItem, page: PageRows
+    ) -> tuple[int, int, int] | None:
+        """Retry the page's transaction through lost connections and restarts; never skip it."""
+        for attempt in range(self.db_retries + 1):
+            try:
+                return await self._write(item, page)
+            except LeaseLost:
+                if await self.store.lease_alive() and item.job_id not in self.store.leased:
+                    break
+                lost = await self._renew()
+                if item.job_id in lost:
+                    break
+            except (psycopg.OperationalError, PoolTimeout, db.DatabaseError) as error:
+                if attempt == self.db_retries:
+                    await self._database_lost(item, error)
+                    raise DropItem("database unreachable") from None
+                delay = min(self.backoff_base * 2**attempt, self.backoff_max)
+                self.stats.inc_value("civicband/db/retries")
+                logger.warning(
+                    "Job %s: database trouble (%s); retrying the page in %.1f s",
+                    item.job_id,
+                    db.one_line(error),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                await self._renew()
+            except psycopg.Error as error:
+                self.stats.inc_value("civicband/db/errors")
+                message = f"database error storing a page of {item.url}: {db.one_line(error)}"
+                await self._fail_job(
+                    JobFailed(item.job_id, item.subdomain, item.document_type, message)
+                )
+                raise DropItem(message) from None
+        self.stats.inc_value("civicband/jobs/lost")
+        logger.warning("Job %s was taken over by another process: stopped here", item.job_id)
+        await self._end(item.job_id)
+        raise DropItem(f"job {item.job_id} taken over by another process")
+
+    async def _renew(self) -> set[int]:
+        """Reconnect the lease connection if it died; jobs another process took meanwhile stop."""
+        try:
+            lost = await self.store.renew_leases()
+        except (psycopg.Error, db.DatabaseError):
+            return set()
+        for job_id in lost:
+            self.store.stopped_jobs.add(job_id)
+            self._spider_job_ended(job_id)
+        return lost
+
+    async def _database_lost(self, item: PageItem, error: BaseException) -> None:
+        """The database stayed down: stop, leaving jobs as they are (abandoned, resumable)."""
+        self.stats.inc_value("civicband/db/errors")
+        self.store.stopped_jobs.update(self.store.leased)
+        logger.error(
+            "Database unreachable after %s retries (%s): stopping; jobs stay resumable",
+            self.db_retries,
+            db.one_line(error),
+        )
+        engine = self.crawler.engine
+        if engine is not None:
+            asyncio.ensure_future(engine.close_spider_async(reason="civicband_database_lost"))
+
+    def _spider_job_ended(self, job_id: int) -> None:
+        spider = self.crawler.spider
+        if spider is not None and hasattr(spider, "job_ended"):
+            spider.job_ended(job_id)
+
+    async def _end(self, job_id: int) -> None:
+        """The job is over here: stop fetching for it and give its lease back."""
+        self._spider_job_ended(job_id)
+        await self.store.release(job_id)
+
+    async def close_spider(self) -> None:
+        """Jobs still running when the crawl stops (Ctrl-C, SIGTERM) are paused, to resume later."""
+        held = sorted(self.store.leased - self.store.stopped_jobs)
+        if not held or self.store.pool is None:
+            return
+        try:
+            async with self.store.connection() as conn, conn.transaction():
+                await conn.execute(query("pause_jobs"), {"job_ids": held})
+        except (psycopg.Error, PoolTimeout) as error:
+            logger.error("Could not mark jobs %s paused: %s", held, db.one_line(error))
+            return
+        self.stats.inc_value("civicband/jobs/paused", len(held))
+        logger.info("Paused jobs %s; resume with -a resume=true or the same JOBDIR", held)
+        for job_id in held:
+            await self.store.release(job_id)
 
     async def _write(self, item: PageItem, page: PageRows) -> tuple[int, int, int] | None:
         """The transaction; None when this page was already committed (a replayed request)."""
@@ -101,11 +188,19 @@ class PostgresPipeline:
         async with self.store.connection() as conn, conn.transaction():
             claim = await (
                 await conn.execute(
-                    query("claim_cursor"), {"job_id": item.job_id, "cursor_in": item.cursor_in}
+                    query("claim_cursor"),
+                    {
+                        "job_id": item.job_id,
+                        "cursor_in": item.cursor_in,
+                        "class": LEASE_CLASS,
+                        "lease_pid": self.store.lease_pid,
+                    },
                 )
             ).fetchone()
             if claim is None or claim[0] != "running" or not claim[1]:
                 return None
+            if not claim[2]:
+                raise LeaseLost(f"job {item.job_id} is no longer leased by this process")
             created = changed = 0
             if page.clean:
                 async with conn.cursor().copy(query("copy_staging")) as copy:
@@ -152,6 +247,7 @@ class PostgresPipeline:
     async def _fail_job(self, item: JobFailed) -> None:
         """Mark the job failed with why; its cursor stays for resume."""
         self.store.stopped_jobs.add(item.job_id)
+        self._spider_job_ended(item.job_id)
         self.stats.inc_value("civicband/jobs/failed")
         logger.error(
             "Job %s %s/%s failed: %s", item.job_id, item.subdomain, item.document_type, item.error
@@ -170,3 +266,4 @@ class PostgresPipeline:
             logger.error(
                 "Job %s: could not record its failure: %s", item.job_id, db.one_line(error)
             )
+        await self.store.release(item.job_id)

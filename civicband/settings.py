@@ -21,6 +21,7 @@ LOG_LEVEL = "INFO"
 CIVICBAND_DATABASE_URL = os.environ.get("CIVICBAND_DATABASE_URL", "")
 CIVICBAND_HOME = os.environ.get("CIVICBAND_HOME", ".civicband")
 CIVICBAND_DB_POOL_SIZE = 4
+CIVICBAND_DB_RETRIES = 6
 CIVICBAND_SITE_URL = "https://{subdomain}.civic.band"
 CIVICBAND_INDEX_URL = "https://civic.band/"
 CIVICBAND_SERVICE_SECRET = os.environ.get("CIVICBAND_SERVICE_SECRET", "")
@@ -29,6 +30,15 @@ CIVICBAND_VERIFY_MAX_MISSING_RATIO = 0.01
 CIVICBAND_VERIFY_MAX_MISSING_ROWS = 100
 CIVICBAND_BACKOFF_BASE = 1.0
 CIVICBAND_BACKOFF_MAX = 60.0
+# A retry waits up to this fraction longer than its base·2^n, so retries do not move in lockstep.
+CIVICBAND_BACKOFF_JITTER = 0.5
+# 429 / civic.band's 402 without Retry-After: wait out its one-minute window, at most this often
+# per request (an hour of waiting), so a 402 that never ends fails the job instead of looping.
+CIVICBAND_RATE_LIMIT_WINDOW = 60.0
+CIVICBAND_RATE_LIMIT_MAX_WAITS = 60
+# Without a service secret civic.band allows 15 JSON requests a minute per IP and 100-row pages.
+CIVICBAND_PUBLIC_REQUESTS_PER_MINUTE = 15
+CIVICBAND_PUBLIC_PAGE_SIZE = 100
 # All civic.band sites share one server and one per-IP limit, so all share one download slot.
 CIVICBAND_DOWNLOAD_SLOT = "civic.band"
 
@@ -40,6 +50,17 @@ DOWNLOAD_DELAY = 0
 # A 1000-row page is 2-4 MB of JSON: this bounds the pages parsed and waiting to be stored
 # (memory) while leaving room for a few jobs to write at once.
 SCRAPER_SLOT_MAX_ACTIVE_SIZE = 20_000_000
+
+DOWNLOADER_MIDDLEWARES = {
+    "civicband.gate.CursorGate": 50,
+    # Scrapy's RetryMiddleware, extended with backoff and rate-limit waits (see middlewares.py).
+    "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+    "civicband.middlewares.BackoffRetryMiddleware": 550,
+}
+# Without a service secret: the shared slot's public pace (an add-on: it sets DOWNLOAD_SLOTS
+# before settings freeze) and pages no larger than civic.band serves.
+ADDONS = {"civicband.middlewares.PublicRateLimit": 0}
+SPIDER_MIDDLEWARES = {"civicband.middlewares.PublicPageCap": 600}
 
 ITEM_PIPELINES = {"civicband.pipelines.PostgresPipeline": 300}
 EXTENSIONS = {

@@ -17,6 +17,8 @@ from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 logger = logging.getLogger(__name__)
 
+LEASE_CLASS = 0x63626A62  # "cbjb": the first key of every job's advisory lock
+
 
 class Store:
     """Open the database once per crawl, on first use, and close it when the spider closes."""
@@ -28,6 +30,11 @@ class Store:
         self.embedded: EmbeddedPostgres | None = None
         self.pool: AsyncConnectionPool | None = None
         self._opening = asyncio.Lock()
+        # One connection holds the leases (session advisory locks) of every job this process runs.
+        self.lease: psycopg.AsyncConnection | None = None
+        self.lease_pid = 0
+        self.leased: set[int] = set()
+        self._leasing = asyncio.Lock()
         # Jobs that must stop (their page could not be stored): the spider drops their pages.
         self.stopped_jobs: set[int] = set()
 
@@ -71,6 +78,7 @@ class Store:
                 max_size=self.pool_size,
                 open=False,
                 configure=self._configure,
+                check=AsyncConnectionPool.check_connection,
                 name="civicband",
             )
             try:
@@ -81,7 +89,86 @@ class Store:
                     f"cannot connect to {db.redact(self.url)}: {db.one_line(error)}"
                 ) from None
             self.pool = pool
+            await self._connect_lease()
             logger.info("Mirror database: %s", db.redact(self.url))
+
+    async def _connect_lease(self) -> None:
+        assert self.url is not None
+        try:
+            self.lease = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=10
+            )
+        except psycopg.Error as error:
+            raise db.DatabaseError(
+                f"cannot connect to {db.redact(self.url)}: {db.one_line(error)}"
+            ) from None
+        self.lease_pid = self.lease.info.backend_pid
+
+    async def try_lease(self, job_id: int) -> bool:
+        """Take a job's lease; False when another live session holds it."""
+        async with self._leasing:
+            assert self.lease is not None
+            cursor = await self.lease.execute(
+                db.query("try_lease"), {"class": LEASE_CLASS, "job_id": job_id}
+            )
+            row = await cursor.fetchone()
+            if row and row[0]:
+                self.leased.add(job_id)
+                return True
+            return False
+
+    async def release(self, job_id: int) -> None:
+        """Give a finished or paused job's lease back."""
+        async with self._leasing:
+            if job_id not in self.leased:
+                return
+            self.leased.discard(job_id)
+            if self.lease is None or self.lease.closed:
+                return
+            try:
+                await self.lease.execute(
+                    db.query("release_lease"), {"class": LEASE_CLASS, "job_id": job_id}
+                )
+            except psycopg.Error as error:
+                logger.warning("Could not release job %s's lease: %s", job_id, db.one_line(error))
+
+    async def lease_alive(self) -> bool:
+        """Ask the lease connection; a dead one means our leases died with it."""
+        async with self._leasing:
+            if self.lease is None or self.lease.closed or self.lease.broken:
+                return False
+            try:
+                await self.lease.execute("SELECT 1")
+            except psycopg.Error:
+                return False
+            return True
+
+    async def renew_leases(self) -> set[int]:
+        """After the lease connection died, take our jobs' leases again; returns the jobs lost."""
+        async with self._leasing:
+            if self.lease is not None and not self.lease.closed and not self.lease.broken:
+                try:
+                    await self.lease.execute("SELECT 1")
+                    return set()
+                except psycopg.Error:
+                    pass
+            if self.lease is not None:
+                await self.lease.close()
+            await self._connect_lease()
+            assert self.lease is not None
+            lost = set()
+            for job_id in sorted(self.leased):
+                cursor = await self.lease.execute(
+                    db.query("try_lease"), {"class": LEASE_CLASS, "job_id": job_id}
+                )
+                row = await cursor.fetchone()
+                if not (row and row[0]):
+                    lost.add(job_id)
+            self.leased -= lost
+            logger.warning(
+                "Reconnected the lease connection; jobs lost to others: %s", lost or "none"
+            )
+            return lost
 
     @staticmethod
     def _migrate(url: str) -> None:
@@ -109,6 +196,9 @@ class Store:
 
     async def close(self) -> None:
         """Close the pool and stop the embedded server if this process started it."""
+        if self.lease is not None:
+            await self.lease.close()  # releases every lease still held
+            self.lease = None
         if self.pool is not None:
             await self.pool.close()
             self.pool = None

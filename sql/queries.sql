@@ -18,8 +18,12 @@ COPY civicband_staging (id, meeting_name, meeting_date, page_number, text, page_
                         entities_json, votes_json) FROM STDIN
 
 -- name: claim_cursor
--- Locks the job row and proves this page follows the last committed one.
-SELECT status, last_cursor IS NOT DISTINCT FROM %(cursor_in)s AS in_order
+-- Locks the job row and proves this page follows the last committed one, from the lease holder.
+SELECT status, last_cursor IS NOT DISTINCT FROM %(cursor_in)s AS in_order,
+       EXISTS (SELECT 1 FROM pg_locks
+               WHERE locktype = 'advisory' AND classid::bigint = %(class)s
+                 AND objid::bigint = %(job_id)s
+                 AND objsubid = 2 AND pid = %(lease_pid)s AND granted) AS leased
 FROM backfill_jobs WHERE id = %(job_id)s FOR UPDATE
 
 -- name: upsert_documents
@@ -97,3 +101,32 @@ UPDATE backfill_jobs
 
 -- name: get_job
 SELECT * FROM backfill_jobs WHERE id = %(job_id)s
+
+-- name: lock_site_type
+-- Claimers of one (site, type) take turns, across processes, until their transaction ends.
+SELECT pg_advisory_xact_lock(%(class)s, hashtext(%(subdomain)s || '/' || %(document_type)s))
+
+-- name: newest_job
+SELECT id, status, last_cursor FROM backfill_jobs
+WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+ORDER BY id DESC LIMIT 1
+FOR UPDATE
+
+-- name: try_lease
+-- A session-level lock: held while this connection lives, released by PostgreSQL when it dies.
+SELECT pg_try_advisory_lock(%(class)s, %(job_id)s::integer)
+
+-- name: release_lease
+SELECT pg_advisory_unlock(%(class)s, %(job_id)s::integer)
+
+-- name: resume_job
+UPDATE backfill_jobs SET status = 'running', modified = now() WHERE id = %(job_id)s
+
+-- name: abandon_job
+UPDATE backfill_jobs
+   SET status = 'failed', last_error = 'abandoned: its process or connection died', modified = now()
+ WHERE id = %(job_id)s AND status = 'running'
+
+-- name: pause_jobs
+UPDATE backfill_jobs SET status = 'paused', modified = now()
+ WHERE id = ANY(%(job_ids)s) AND status = 'running'

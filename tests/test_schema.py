@@ -9,14 +9,15 @@ CATALOG = """
 SELECT 'column', c.relname || '.' || a.attname,
        format_type(a.atttypid, a.atttypmod) || ' notnull=' || a.attnotnull
        || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
-       || ' generated=' || a.attgenerated || ' identity=' || a.attidentity
+       || ' generated=' || a.attgenerated::text || ' identity=' || a.attidentity::text
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE n.nspname = %(schema)s AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind = 'r'
 UNION ALL
-SELECT 'constraint', c.relname || '.' || co.conname, pg_get_constraintdef(co.oid)
+SELECT 'constraint', c.relname || '.' || co.conname,
+       replace(pg_get_constraintdef(co.oid), %(schema)s || '.', '')
 FROM pg_constraint co
 JOIN pg_class c ON c.oid = co.conrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace

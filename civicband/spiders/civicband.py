@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Self
 
+import psycopg
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.retry import get_retry_request
@@ -44,10 +46,8 @@ class CivicbandSpider(Spider):
     ) -> tuple[SpiderArguments, str, int]:
         """Validate arguments and settings before any request: (arguments, site URL, batch size)."""
         arguments = parse_arguments(kwargs)
-        if arguments.resume or arguments.verify_only or arguments.repair:
-            raise ArgumentError(
-                "resume, verify_only and repair are not available in this version yet"
-            )
+        if arguments.verify_only or arguments.repair:
+            raise ArgumentError("verify_only and repair are not available in this version yet")
         try:
             site_url = datasette.check_site_url(settings.get("CIVICBAND_SITE_URL"))
         except ValueError as error:
@@ -71,6 +71,12 @@ class CivicbandSpider(Spider):
         if secret:
             spider.headers["X-Service-Secret"] = secret
         spider.download_slot = settings.get("CIVICBAND_DOWNLOAD_SLOT")
+        # JOBDIR implies resume: rerunning the same command continues the same jobs.
+        spider.resume = spider.arguments.resume or bool(settings.get("JOBDIR"))
+        # Per running job, the cursor of the page to fetch next; the gate admits nothing else.
+        spider.active = {}
+        spider.inflight = set()
+        spider.ready = asyncio.Event()
         return spider
 
     @property
@@ -105,30 +111,83 @@ class CivicbandSpider(Spider):
                     known = await jobs.known_subdomains(conn, subdomains)
         except DatabaseError as error:
             raise self._stop(str(error), "civicband_database_unavailable") from None
-        for subdomain in subdomains:
-            for document_type in self.arguments.document_types:
-                job_id = None
-                if subdomain in known:
-                    try:
-                        async with self.store.connection() as conn:
-                            job_id, _ = await jobs.create_job(conn, subdomain, document_type)
-                    except Exception as error:  # one job's trouble must not end the others
-                        self.crawler.stats.inc_value("civicband/jobs/failed")
-                        logger.error(
-                            "%s/%s: could not start a job: %s",
-                            subdomain,
-                            document_type,
-                            one_line(error),
-                        )
+        queued = self.queued()
+        restored = dict(queued)
+        queued.clear()
+        try:
+            for subdomain in subdomains:
+                for document_type in self.arguments.document_types:
+                    if subdomain not in known:
+                        yield self.page_request(None, subdomain, document_type, None)
                         continue
-                    self.crawler.stats.inc_value("civicband/jobs/started")
-                yield self.page_request(job_id, subdomain, document_type, None)
+                    claim = await self._claim(subdomain, document_type)
+                    if claim is None or not claim.runs:
+                        continue
+                    self.active[claim.job_id] = claim.cursor
+                    if restored.get(str(claim.job_id), False) == claim.cursor:
+                        # JOBDIR holds this very request: it comes back from the disk queue.
+                        queued[str(claim.job_id)] = claim.cursor
+                        continue
+                    yield self.page_request(claim.job_id, subdomain, document_type, claim.cursor)
+        finally:
+            self.ready.set()
+
+    async def _claim(self, subdomain: str, document_type: str) -> jobs.Claim | None:
+        """Lease the job for one (site, type); one job's trouble must not end the others."""
+        try:
+            async with self.store.connection() as conn:
+                claim = await jobs.claim(
+                    conn, self.store, subdomain, document_type, resume=self.resume
+                )
+        except Exception as error:
+            self.crawler.stats.inc_value("civicband/jobs/failed")
+            logger.error(
+                "%s/%s: could not start a job: %s", subdomain, document_type, one_line(error)
+            )
+            return None
+        if claim.runs:
+            self.crawler.stats.inc_value("civicband/jobs/started")
+            if claim.how != "new":
+                self.crawler.stats.inc_value("civicband/jobs/resumed")
+                logger.info(
+                    "Job %s %s/%s %s from cursor %r",
+                    claim.job_id,
+                    subdomain,
+                    document_type,
+                    claim.how,
+                    claim.cursor,
+                )
+        else:
+            self.crawler.stats.inc_value("civicband/jobs/skipped")
+            logger.info(
+                "Job %s %s/%s is running in another process: skipped",
+                claim.job_id,
+                subdomain,
+                document_type,
+            )
+        return claim
+
+    def queued(self) -> dict[str, str | None]:
+        """Jobs with a page request outstanding, kept in spider.state so JOBDIR remembers them."""
+        state = getattr(self, "state", None)
+        if state is None:
+            self.state = state = {}
+        return state.setdefault("civicband_queued", {})
+
+    def job_ended(self, job_id: int) -> None:
+        """A job completed, failed or stopped: nothing more is fetched for it."""
+        self.active.pop(job_id, None)
+        self.inflight.discard(job_id)
+        self.queued().pop(str(job_id), None)
 
     def page_request(
         self, job_id: int | None, subdomain: str, document_type: str, cursor: str | None
     ) -> Request:
         """One API page; job_id None means the site is new and the job starts on its answer."""
         root = datasette.site_root(self.site_url, subdomain)
+        if job_id is not None:
+            self.active[job_id] = cursor
+            self.queued()[str(job_id)] = cursor
         return Request(
             datasette.table_url(root, document_type, self.batch_size, cursor),
             callback=self.parse_page,
@@ -150,6 +209,7 @@ class CivicbandSpider(Spider):
         """Turn one answer into a PageItem and the request for the page after it."""
         meta = response.meta
         job_id, subdomain, document_type = meta["job_id"], meta["subdomain"], meta["document_type"]
+        self.inflight.discard(job_id)
         if job_id is not None and job_id in self.store.stopped_jobs:
             return
         if response.status in REDIRECTS:
@@ -168,8 +228,18 @@ class CivicbandSpider(Spider):
                 yield item
             return
         if job_id is None:
-            async with self.store.connection() as conn:
-                job_id, added = await jobs.create_job(conn, subdomain, document_type, new_site=True)
+            try:
+                async with self.store.connection() as conn:
+                    job_id, added = await jobs.create_job(
+                        conn, subdomain, document_type, new_site=True
+                    )
+            except psycopg.errors.UniqueViolation:
+                self.crawler.stats.inc_value("civicband/jobs/skipped")
+                logger.info(
+                    "%s/%s is running in another process: skipped", subdomain, document_type
+                )
+                return
+            await self.store.try_lease(job_id)
             self.crawler.stats.inc_value("civicband/jobs/started")
             if added:
                 self.crawler.stats.inc_value("civicband/sites/added")
@@ -209,6 +279,7 @@ class CivicbandSpider(Spider):
     async def page_failed(self, failure: Failure) -> AsyncIterator[Any]:
         """Retries are used up, or the answer was an error that retrying cannot fix."""
         request = failure.request  # type: ignore[attr-defined]
+        self.inflight.discard(request.meta["job_id"])
         if failure.check(HttpError):
             response = failure.value.response
             error = f"HTTP {response.status} at {response.url}"

@@ -37,16 +37,15 @@ class CrawlResult:
         return f"exit {self.returncode}\n--- stderr ---\n{self.stderr[-6000:]}"
 
 
-def crawl(
+def crawl_command(
     database_url: str,
     source: Any,
     *args: str,
     spider: str = "civicband",
     settings: dict[str, Any] | None = None,
-    timeout: float = 180,
     env: dict[str, str] | None = None,
-) -> CrawlResult:
-    """`scrapy crawl` against the look-alike, arguments given as 'name=value'."""
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of a `scrapy crawl` against the look-alike."""
     command = [sys.executable, "-m", "scrapy", "crawl", spider]
     for arg in args:
         command += ["-a", arg]
@@ -61,7 +60,44 @@ def crawl(
     }
     for name, value in merged.items():
         command += ["-s", f"{name}={value}"]
-    full_env = {**os.environ, "CIVICBAND_DATABASE_URL": database_url, **(env or {})}
+    return command, {**os.environ, "CIVICBAND_DATABASE_URL": database_url, **(env or {})}
+
+
+def start_crawl(
+    database_url: str, source: Any, *args: str, log: Path, **kwargs: Any
+) -> subprocess.Popen:
+    """Start a crawl in the background, its output going to a file."""
+    command, full_env = crawl_command(database_url, source, *args, **kwargs)
+    with log.open("w") as output:
+        return subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=output, stderr=output)
+
+
+def wait_for(condition: Any, *, timeout: float = 60, what: str = "a condition") -> Any:
+    """Poll a condition until it holds (a bounded readiness loop, not a fixed sleep)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def crawl(
+    database_url: str,
+    source: Any,
+    *args: str,
+    spider: str = "civicband",
+    settings: dict[str, Any] | None = None,
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
+) -> CrawlResult:
+    """`scrapy crawl` against the look-alike, arguments given as 'name=value'."""
+    command, full_env = crawl_command(
+        database_url, source, *args, spider=spider, settings=settings, env=env
+    )
     done = subprocess.run(
         command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )

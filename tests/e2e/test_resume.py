@@ -1,0 +1,241 @@
+"""Resume, leases, pause and crashes: every scenario ends with the mirror equal to the source."""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections import Counter
+
+import psycopg
+import pytest
+
+from civicband.embedded import EmbeddedPostgres
+from tests.e2e.crawl import crawl, fetch, jobs, mirrored, start_crawl, wait_for
+from tests.e2e.test_backfill import assert_mirror_equals_source
+
+
+def committed(database_url: str, subdomain: str) -> int:
+    """Pages committed so far by the newest job of a site (0 before the schema exists)."""
+    try:
+        rows = fetch(
+            database_url,
+            "SELECT coalesce(max(batches_committed), 0) AS n FROM backfill_jobs"
+            " WHERE subdomain = %s",
+            [subdomain],
+        )
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return rows[0]["n"]
+
+
+def slow(source, site, seconds: float = 0.25) -> None:
+    """Make every page of a site take a while, so a signal lands mid-crawl."""
+    source.faults.add(
+        match=f"/{site.subdomain}/meetings/", action="hang", seconds=seconds, times=-1
+    )
+
+
+def test_resume_continues_a_failed_job_from_its_cursor(database_url, source):
+    site = source.create_site(agendas=120, minutes=0)
+    assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
+    source.faults.add(match="_next=", action="status", status=503, times=-1)
+    failed = crawl(
+        database_url,
+        source,
+        f"subdomain={site.subdomain}",
+        "document_type=agenda",
+        "batch_size=50",
+        settings={"RETRY_TIMES": 0},
+    )
+    assert failed.returncode == 1, failed
+    job = jobs(database_url, site.subdomain)[-1]
+    assert (job["status"], job["pages_fetched"], job["retry_count"]) == ("failed", 50, 1), (
+        jobs(database_url),
+        failed,
+    )
+    source.faults.clear()
+    source.clear_requests()
+    resumed = crawl(
+        database_url,
+        source,
+        f"subdomain={site.subdomain}",
+        "document_type=agenda",
+        "batch_size=50",
+        "resume=true",
+    )
+    assert resumed.returncode == 0, resumed
+    again = jobs(database_url, site.subdomain)[-1]
+    assert again["id"] == job["id"] and again["status"] == "completed"
+    assert (again["pages_fetched"], again["pages_created"], again["pages_updated"]) == (120, 0, 120)
+    first_pages = [r for r in source.requests() if "_next=" not in r["query"]]
+    assert first_pages == [], "resume started over instead of continuing"
+    assert_mirror_equals_source(database_url, site, ("agenda",))
+
+
+def test_without_resume_a_new_job_starts_over(database_url, source):
+    site = source.create_site(agendas=30, minutes=0)
+    assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
+    source.faults.add(match="_next=", action="status", status=503, times=-1)
+    crawl(
+        database_url,
+        source,
+        f"subdomain={site.subdomain}",
+        "document_type=agenda",
+        "batch_size=10",
+        settings={"RETRY_TIMES": 0},
+    )
+    source.faults.clear()
+    assert (
+        crawl(
+            database_url, source, f"subdomain={site.subdomain}", "document_type=agenda"
+        ).returncode
+        == 0
+    )
+    first, second = [
+        j for j in jobs(database_url, site.subdomain) if j["document_type"] == "agenda"
+    ][-2:]
+    assert first["status"] == "failed" and second["status"] == "completed"
+    assert second["pages_fetched"] == 30
+
+
+@pytest.mark.datasette("ds10")
+def test_kill_9_at_random_moments_then_resume_loses_and_doubles_nothing(
+    database_url, source, tmp_path
+):
+    site = source.create_site(agendas=900, minutes=0)
+    assert (
+        crawl(database_url, source, f"subdomain={site.subdomain}", "batch_size=1").returncode == 0
+    )
+    with psycopg.connect(database_url) as conn:
+        conn.execute("TRUNCATE meeting_pages, meeting_documents, rejected_rows, backfill_jobs")
+    slow(source, site, 0.05)
+    rng = random.Random(7)
+    args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=30", "resume=true")
+    for attempt in range(3):
+        process = start_crawl(database_url, source, *args, log=tmp_path / f"kill{attempt}.log")
+        target = committed(database_url, site.subdomain) + rng.randint(1, 5)
+        wait_for(
+            lambda p=process, t=target: (
+                committed(database_url, site.subdomain) >= t or p.poll() is not None
+            ),
+            what="pages to commit",
+        )
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    (job,) = jobs(database_url, site.subdomain)
+    assert job["status"] == "running"  # abandoned: its holder is dead
+    source.faults.clear()
+    result = crawl(database_url, source, *args)
+    assert result.returncode == 0, result
+    (job,) = jobs(database_url, site.subdomain)
+    assert job["status"] == "completed"
+    assert (job["pages_fetched"], job["pages_created"], job["pages_updated"]) == (900, 900, 0)
+    assert_mirror_equals_source(database_url, site, ("agenda",))
+
+
+@pytest.mark.datasette("ds10")
+def test_sigint_pauses_and_the_same_jobdir_resumes_fetching_no_page_twice(
+    database_url, source, tmp_path
+):
+    site = source.create_site(agendas=400, minutes=300)
+    slow(source, site)
+    jobdir = tmp_path / "crawls" / "run-1"
+    args = (f"subdomain={site.subdomain}", "batch_size=20")
+    settings = {"JOBDIR": str(jobdir)}
+    process = start_crawl(database_url, source, *args, settings=settings, log=tmp_path / "run1.log")
+    wait_for(lambda: committed(database_url, site.subdomain) >= 3, what="pages to commit")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=150) == 3, (tmp_path / "run1.log").read_text()[-3000:]
+    statuses = Counter(job["status"] for job in jobs(database_url, site.subdomain))
+    assert statuses == Counter({"paused": 2}), statuses
+    source.faults.clear()
+    result = crawl(database_url, source, *args, settings=settings)
+    assert result.returncode == 0, result
+    assert [job["status"] for job in jobs(database_url, site.subdomain)] == ["completed"] * 2
+    for job in jobs(database_url, site.subdomain):
+        total = 400 if job["document_type"] == "agenda" else 300
+        assert (job["pages_fetched"], job["pages_created"]) == (total, total)
+    pages = Counter((r["path"], r["query"]) for r in source.requests() if r["status"] == 200)
+    assert pages and max(pages.values()) == 1, [p for p, n in pages.items() if n > 1]
+    assert_mirror_equals_source(database_url, site)
+
+
+@pytest.mark.datasette("ds10")
+def test_a_second_process_skips_a_live_job(database_url, source, tmp_path):
+    site = source.create_site(agendas=300, minutes=0)
+    slow(source, site, 0.5)  # 15 pages: the first crawl outlives the second's start-up
+    args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=20")
+    first = start_crawl(database_url, source, *args, log=tmp_path / "first.log")
+    wait_for(lambda: committed(database_url, site.subdomain) >= 1, what="the first crawl to run")
+    second = crawl(database_url, source, *args)
+    assert second.returncode == 0, second
+    assert "is running in another process: skipped" in second.stderr, second
+    assert first.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    (job,) = jobs(database_url, site.subdomain)
+    assert job["status"] == "completed" and job["pages_created"] == 300
+    assert_mirror_equals_source(database_url, site, ("agenda",))
+
+
+@pytest.mark.datasette("ds10")
+def test_postgres_restart_mid_crawl_loses_no_page(source, tmp_path):
+    server = EmbeddedPostgres(tmp_path / "pg")
+    url = server.start()
+    try:
+        site = source.create_site(agendas=300, minutes=0)
+        slow(source, site, 0.1)
+        args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=20")
+        log = tmp_path / "crawl.log"
+        process = start_crawl(url, source, *args, log=log, settings={"CIVICBAND_BACKOFF_BASE": 0.5})
+        wait_for(lambda: committed(url, site.subdomain) >= 2, what="pages to commit")
+        server.stop()
+        wait_for(lambda: "database trouble" in log.read_text(), what="the crawl to notice")
+        server.start()
+        assert process.wait(timeout=120) == 0, log.read_text()[-4000:]
+        (job,) = jobs(url, site.subdomain)
+        assert (job["status"], job["pages_fetched"], job["pages_created"]) == (
+            "completed",
+            300,
+            300,
+        )
+        assert mirrored(url, site.subdomain, "agenda") == {
+            row["id"]: row for row in mirrored(url, site.subdomain, "agenda").values()
+        }
+        assert_mirror_equals_source(url, site, ("agenda",))
+    finally:
+        server.destroy()
+
+
+def test_database_down_for_good_exits_1_and_leaves_jobs_resumable(source, tmp_path):
+    server = EmbeddedPostgres(tmp_path / "pg")
+    url = server.start()
+    try:
+        site = source.create_site(agendas=200, minutes=0)
+        slow(source, site, 0.1)
+        args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=20")
+        log = tmp_path / "crawl.log"
+        process = start_crawl(
+            url,
+            source,
+            *args,
+            log=log,
+            settings={"CIVICBAND_BACKOFF_BASE": 0.1, "CIVICBAND_DB_RETRIES": 2},
+        )
+        wait_for(lambda: committed(url, site.subdomain) >= 2, what="pages to commit")
+        server.stop()
+        assert process.wait(timeout=120) == 1, log.read_text()[-4000:]
+        assert "Traceback" not in log.read_text()
+        server.start()
+        (job,) = jobs(url, site.subdomain)
+        assert job["status"] == "running" and job["last_cursor"] is not None
+        source.faults.clear()
+        result = crawl(url, source, *args, "resume=true")
+        assert result.returncode == 0, result
+        (job,) = jobs(url, site.subdomain)
+        assert (job["status"], job["pages_fetched"], job["pages_created"]) == (
+            "completed",
+            200,
+            200,
+        )
+        assert_mirror_equals_source(url, site, ("agenda",))
+    finally:
+        server.destroy()
