@@ -1,0 +1,187 @@
+"""Shared pieces of the benchmarks: the site, the look-alike, PostgreSQL and measured processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from civicband.embedded import EmbeddedPostgres  # noqa: E402
+from tests.lookalike import data  # noqa: E402
+from tests.lookalike.fixtures import LookalikeServer  # noqa: E402
+
+PYTHON = REPO / ".venv" / "bin" / "python"
+LOOPS = Path(__file__).with_name("loops.py")
+DATASETTE = "1.0a28"  # civic.band's version
+USER_AGENT = "civicband-bench/1"
+# Benchmarks measure trusted access (as the user's backfill runs): full pages, no rate limit.
+SECRET = "civicband-bench"
+MB = 1024 * 1024
+
+
+@dataclass
+class Run:
+    """One measured process: wall time, peak RSS of its process tree, exit status."""
+
+    wall: float
+    peak_rss: int
+    returncode: int
+
+
+def revision() -> str:
+    """The commit measured, with `+dirty` when the working tree differs from it."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "civicband", "sql"], capture_output=True, text=True
+    ).stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def make_site(root: Path, subdomain: str, rows: list[dict]) -> Path:
+    """Write one site whose agendas table holds `rows` (minutes empty); return its db path."""
+    return data.write_site(root, subdomain, rows, [])
+
+
+def mean_row_bytes(rows: list[dict]) -> float:
+    """Mean size of a row as JSON, in bytes."""
+    return sum(len(json.dumps(row)) for row in rows) / max(len(rows), 1)
+
+
+@contextmanager
+def lookalike(root: Path) -> Iterator[str]:
+    """Serve `root` with the Datasette 1.0a28 look-alike; yield its base URL."""
+    server = LookalikeServer(DATASETTE, root)
+    try:
+        yield server.base_url
+    finally:
+        server.stop()
+
+
+def warm(base_url: str, subdomain: str) -> None:
+    """Make the look-alike build the site's Datasette app before anything is timed."""
+    url = f"{base_url}/{subdomain}/meetings/agendas.json?_sort=id&_size=1"
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=60) as response:
+        assert json.loads(response.read())["ok"], url
+
+
+@contextmanager
+def postgres(home: Path) -> Iterator[str]:
+    """One embedded PostgreSQL for the whole run; its data is deleted at the end."""
+    server = EmbeddedPostgres(home)
+    try:
+        yield server.start()
+    finally:
+        server.destroy()
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """The same server URL pointing at another database."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + quote(dbname, safe="")))
+
+
+@contextmanager
+def fresh_database(admin_url: str, label: str) -> Iterator[str]:
+    """CREATE DATABASE for one contender; drop it and CHECKPOINT afterwards."""
+    name = f"bench_{label}_{secrets.token_hex(3)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute("CHECKPOINT")  # the previous contender's dirty pages are not ours to write
+    try:
+        yield with_dbname(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            query = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            conn.execute(query.format(sql.Identifier(name)))
+
+
+def count(url: str, table: str) -> int:
+    """Rows in a table of a contender's database."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+        return int(row.fetchone()[0])  # type: ignore[index]
+
+
+# A tiny launcher process runs each contender. wait4's ru_maxrss is the high-water mark of the
+# process, and exec keeps the high-water mark of the memory it replaces: spawned straight from
+# this process (which holds the generated rows), a child would report our peak, not its own.
+LAUNCHER = """
+import json, os, sys, time
+start = time.perf_counter()
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as out:
+    json.dump({"wall": wall, "maxrss_kb": usage.ru_maxrss, "returncode": code}, out)
+"""
+
+
+def measure(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Run:
+    """Run `cmd` from the repository under the launcher: wall time, peak RSS, exit status."""
+    environ = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", **(env or {})}
+    environ.pop("VIRTUAL_ENV", None)
+    result = log.with_suffix(".json")
+    launcher = [str(PYTHON), "-I", "-S", "-c", LAUNCHER, str(result), *cmd]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            launcher,
+            cwd=REPO,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the contender
+            proc.wait()
+            raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"launcher exited {proc.returncode}:\n{tail(log)}")
+    got = json.loads(result.read_text())
+    return Run(got["wall"], got["maxrss_kb"] * 1024, got["returncode"])
+
+
+def crawl(site_url: str, subdomain: str, database_url: str, log: Path) -> Run:
+    """The whole `scrapy crawl civicband` process for one site's agendas."""
+    cmd = [str(PYTHON), "-m", "scrapy", "crawl", "civicband"]
+    cmd += ["-a", f"subdomain={subdomain}", "-a", "document_type=agenda"]
+    cmd += ["-s", f"CIVICBAND_SITE_URL={site_url}"]
+    env = {"CIVICBAND_DATABASE_URL": database_url, "CIVICBAND_SERVICE_SECRET": SECRET}
+    return measure(cmd, log, env)
+
+
+def loop(kind: str, site_url: str, subdomain: str, database_url: str, log: Path) -> Run:
+    """One of the reference loops in bench/loops.py, as its own process."""
+    cmd = [str(PYTHON), str(LOOPS), kind, "--site-url", site_url, "--subdomain", subdomain]
+    cmd += ["--database-url", database_url]
+    return measure(cmd, log, {"CIVICBAND_SERVICE_SECRET": SECRET})
+
+
+def tail(log: Path, lines: int = 20) -> str:
+    """The end of a contender's output, for error messages."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def fetched_rows(log: Path) -> int:
+    """The row count a loop printed as its last line (`{"rows": N}`)."""
+    return int(json.loads(log.read_text().strip().splitlines()[-1])["rows"])
