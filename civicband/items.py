@@ -40,3 +40,14 @@ class JobFailed:
     document_type: str
     error: str
     retries_exhausted: bool = False
+
+
+@dataclass
+class CountItem:
+    """The source's own count of one (site, type), or None when it could not be taken."""
+
+    job_id: int
+    subdomain: str
+    document_type: str
+    expected: int | None
+    note: str = ""

@@ -79,6 +79,7 @@ class Claim:
     job_id: int
     cursor: str | None
     how: str  # "new", "resumed", "took over" (abandoned), or "skipped" (live elsewhere)
+    exhausted: bool = False  # its pages were all stored; only verification is left
 
     @property
     def runs(self) -> bool:
@@ -97,20 +98,20 @@ async def claim(
             await conn.execute(query("lock_site_type"), {**params, "class": CLAIM_CLASS})
             newest = await (await conn.execute(query("newest_job"), params)).fetchone()
             if newest is not None:
-                job_id, status, cursor = newest
+                job_id, status, cursor, exhausted = newest
                 if status == "running":
                     if not await store.try_lease(job_id):
                         return Claim(job_id, cursor, "skipped")
                     taken = job_id
                     if resume:
-                        return Claim(job_id, cursor, "took over")
+                        return Claim(job_id, cursor, "took over", exhausted)
                     await conn.execute(query("abandon_job"), {"job_id": job_id})
                 elif resume and status in ("failed", "paused"):
                     if not await store.try_lease(job_id):
                         return Claim(job_id, cursor, "skipped")
                     taken = job_id
                     await conn.execute(query("resume_job"), {"job_id": job_id})
-                    return Claim(job_id, cursor, "resumed")
+                    return Claim(job_id, cursor, "resumed", exhausted)
             row = await (await conn.execute(query("create_job"), params)).fetchone()
             assert row is not None
             new_id = int(row[0])

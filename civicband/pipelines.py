@@ -14,9 +14,10 @@ from scrapy.exceptions import DropItem
 
 from civicband import db, jobs
 from civicband.db import query
-from civicband.items import JobFailed, PageItem
+from civicband.items import CountItem, JobFailed, PageItem
 from civicband.rows import PageRows, clean_page
 from civicband.store import LEASE_CLASS, Store
+from civicband.verify import decide
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class PostgresPipeline:
         self.db_retries = settings.getint("CIVICBAND_DB_RETRIES")
         self.backoff_base = settings.getfloat("CIVICBAND_BACKOFF_BASE")
         self.backoff_max = settings.getfloat("CIVICBAND_BACKOFF_MAX")
+        self.max_missing_rows = settings.getint("CIVICBAND_VERIFY_MAX_MISSING_ROWS")
+        self.max_missing_ratio = settings.getfloat("CIVICBAND_VERIFY_MAX_MISSING_RATIO")
         # Items of one job are written one at a time, in the order they arrive (Lock is FIFO).
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -57,6 +60,10 @@ class PostgresPipeline:
             page = clean_page(item.rows)
             async with self._locks[item.job_id]:
                 await self._store_page(item, page)
+        elif isinstance(item, CountItem):
+            async with self._locks[item.job_id]:
+                await self._verify(item)
+            self._locks.pop(item.job_id, None)
         elif isinstance(item, JobFailed):
             async with self._locks[item.job_id]:
                 await self._fail_job(item)
@@ -88,10 +95,12 @@ class PostgresPipeline:
                 rejection.reason,
             )
         if item.final:
-            stats.inc_value("civicband/jobs/completed")
-            self._locks.pop(item.job_id, None)
-            await self._end(item.job_id)
-            logger.info("Job %s %s/%s completed", item.job_id, item.subdomain, item.document_type)
+            logger.info(
+                "Job %s %s/%s: all pages stored; verifying",
+                item.job_id,
+                item.subdomain,
+                item.document_type,
+            )
 
     async def _write_with_retries(
         self, item: PageItem, page: PageRows
@@ -207,6 +216,7 @@ class PostgresPipeline:
                     for row in page.clean:
                         await copy.write_row(row.as_tuple())
                 await conn.execute(query("upsert_documents"), params)
+                await conn.execute(query("remember_seen"), {"job_id": item.job_id})
                 counts = await (await conn.execute(query("upsert_pages"), params)).fetchone()
                 assert counts is not None
                 created, changed = int(counts[0]), int(counts[1])
@@ -238,11 +248,83 @@ class PostgresPipeline:
                 },
             )
             if item.final:
-                # Once per pass rather than per page: a page that moved leaves its old document
-                # empty until the job's last page, and no longer.
+                # The pass is complete: what it did not see, the source no longer has. Pages
+                # that moved left their old documents empty until now.
+                swept = await conn.execute(query("sweep_unseen"), {**params, "job_id": item.job_id})
+                removed = swept.rowcount
                 await conn.execute(query("delete_orphan_documents"), params)
-                await jobs.finish_job(conn, item.job_id, "completed")
+                await conn.execute(query("forget_seen"), {"job_id": item.job_id})
+                await conn.execute(query("mark_exhausted"), {"job_id": item.job_id})
+                if removed:
+                    self.stats.inc_value("civicband/verify/removed", removed)
+                    logger.info(
+                        "Job %s %s/%s: removed %s pages the source no longer has",
+                        item.job_id,
+                        item.subdomain,
+                        item.document_type,
+                        removed,
+                    )
         return created, updated, changed
+
+    async def _verify(self, item: CountItem) -> None:
+        """Compare the source's count with the mirror; record it and finish the job by it."""
+        if item.job_id in self.store.stopped_jobs:
+            return
+        params = {"subdomain": item.subdomain, "document_type": item.document_type}
+        try:
+            async with self.store.connection() as conn, conn.transaction():
+                row = await (await conn.execute(query("local_counts"), params)).fetchone()
+                assert row is not None
+                verdict = decide(
+                    item.expected,
+                    int(row[0]),
+                    int(row[1]),
+                    max_rows=self.max_missing_rows,
+                    max_ratio=self.max_missing_ratio,
+                )
+                await conn.execute(
+                    query("record_verification"),
+                    {
+                        "job_id": item.job_id,
+                        "expected": verdict.expected,
+                        "actual": verdict.actual,
+                        "rejected": verdict.rejected,
+                        "missing": verdict.missing,
+                        "verify_status": verdict.status,
+                        "status": verdict.job_status,
+                        "message": verdict.message,
+                    },
+                )
+        except (psycopg.Error, PoolTimeout) as error:
+            self.stats.inc_value("civicband/db/errors")
+            logger.error(
+                "Job %s: could not record verification: %s", item.job_id, db.one_line(error)
+            )
+            await self._end(item.job_id)
+            return
+        stats = self.stats
+        stats.inc_value(f"civicband/verify/{verdict.status}")
+        if verdict.missing is not None and verdict.missing > 0:
+            stats.inc_value("civicband/verify/missing", verdict.missing)
+        if verdict.missing is not None and verdict.missing < 0:
+            stats.inc_value("civicband/verify/extra", -verdict.missing)
+        if verdict.rejected:
+            stats.inc_value("civicband/verify/rejected", verdict.rejected)
+        stats.inc_value(f"civicband/jobs/{verdict.job_status}")
+        level = {"passed": logging.INFO, "unknown": logging.WARNING, "warned": logging.WARNING}
+        note = f" ({item.note})" if item.note else ""
+        logger.log(
+            level.get(verdict.status, logging.ERROR),
+            "Job %s %s/%s %s: verification %s: %s%s",
+            item.job_id,
+            item.subdomain,
+            item.document_type,
+            verdict.job_status,
+            verdict.status,
+            verdict.message,
+            note,
+        )
+        await self._end(item.job_id)
 
     async def _fail_job(self, item: JobFailed) -> None:
         """Mark the job failed with why; its cursor stays for resume."""

@@ -107,7 +107,7 @@ SELECT * FROM backfill_jobs WHERE id = %(job_id)s
 SELECT pg_advisory_xact_lock(%(class)s, hashtext(%(subdomain)s || '/' || %(document_type)s))
 
 -- name: newest_job
-SELECT id, status, last_cursor FROM backfill_jobs
+SELECT id, status, last_cursor, pages_exhausted_at IS NOT NULL AS exhausted FROM backfill_jobs
 WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
 ORDER BY id DESC LIMIT 1
 FOR UPDATE
@@ -130,3 +130,35 @@ UPDATE backfill_jobs
 -- name: pause_jobs
 UPDATE backfill_jobs SET status = 'paused', modified = now()
  WHERE id = ANY(%(job_ids)s) AND status = 'running'
+
+-- name: remember_seen
+-- The ids this pass has seen, for the sweep when the pass ends.
+INSERT INTO job_seen_ids (job_id, id) SELECT %(job_id)s, id FROM civicband_staging
+ON CONFLICT DO NOTHING
+
+-- name: mark_exhausted
+UPDATE backfill_jobs SET pages_exhausted_at = now(), modified = now() WHERE id = %(job_id)s
+
+-- name: sweep_unseen
+-- After a complete pass: pages the source no longer has (sites are rebuilt from scratch).
+DELETE FROM meeting_pages p
+WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
+  AND NOT EXISTS (SELECT 1 FROM job_seen_ids s WHERE s.job_id = %(job_id)s AND s.id = p.id)
+
+-- name: forget_seen
+DELETE FROM job_seen_ids WHERE job_id = %(job_id)s
+
+-- name: local_counts
+SELECT (SELECT count(*) FROM meeting_pages
+        WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s) AS actual,
+       (SELECT count(*) FROM rejected_rows
+        WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s) AS rejected
+
+-- name: record_verification
+UPDATE backfill_jobs
+   SET expected_count = %(expected)s, actual_count = %(actual)s, rejected_count = %(rejected)s,
+       missing_count = %(missing)s, verify_status = %(verify_status)s, verified_at = now(),
+       status = %(status)s,
+       last_error = CASE WHEN %(status)s = 'failed' THEN %(message)s ELSE NULL END,
+       modified = now()
+ WHERE id = %(job_id)s AND status = 'running'

@@ -60,7 +60,10 @@ CREATE TABLE backfill_jobs (
     last_error         text,
     retry_count        integer NOT NULL DEFAULT 0,
     created            timestamptz NOT NULL DEFAULT now(),
-    modified           timestamptz NOT NULL DEFAULT now()
+    modified           timestamptz NOT NULL DEFAULT now(),
+    pages_exhausted_at timestamptz,
+    missing_count      bigint,
+    rejected_count     bigint
 );
 CREATE UNIQUE INDEX backfill_jobs_one_running_idx
     ON backfill_jobs (subdomain, document_type) WHERE status = 'running';
@@ -80,4 +83,11 @@ CREATE TABLE rejected_rows (
     modified      timestamptz NOT NULL DEFAULT now(),
     -- the same bad row met again (a re-crawl) is one rejection, not two
     UNIQUE (subdomain, document_type, raw_md5)
+);
+
+-- The ids one full pass of a job has seen: what it did not see, the source no longer has.
+CREATE TABLE job_seen_ids (
+    job_id bigint NOT NULL REFERENCES backfill_jobs (id) ON DELETE CASCADE,
+    id     text NOT NULL,
+    PRIMARY KEY (job_id, id)
 );

@@ -38,6 +38,11 @@ def test_crawl_mirrors_several_sites_exactly(database_url, source):
                 0,
             )
             assert job["errors_encountered"] == 0 and job["last_error"] is None
+            assert (job["verify_status"], job["expected_count"], job["actual_count"]) == (
+                "passed",
+                total,
+                total,
+            )
     assert len(jobs(database_url)) == 6
     stats = result.stats
     assert stats["civicband/rows/created"] == sum(
@@ -45,11 +50,14 @@ def test_crawl_mirrors_several_sites_exactly(database_url, source):
     )
     assert stats["civicband/exit_code"] == 0
     # Honest user agent, the secret sent as a header and never logged.
-    requests = [r for r in source.requests() if "/meetings/" in r["path"]]
+    requests = [r for r in source.requests() if "/meetings" in r["path"]]
     assert requests
     assert all(r["headers"]["user-agent"].startswith("civicband/") for r in requests)
     assert all(r["headers"].get("x-service-secret") == SECRET for r in requests)
-    assert all("_sort=id" in r["query"] for r in requests)
+    pages = [r for r in requests if "sql=" not in r["query"]]
+    counts = [r for r in requests if "sql=" in r["query"]]
+    assert all("_sort=id" in r["query"] for r in pages)
+    assert len([r for r in counts if r["status"] == 200]) == 6  # one count per job
     assert SECRET not in result.stderr + result.stdout
 
 
