@@ -9,6 +9,8 @@ from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 
+from civicband.middlewares import RATE_LIMIT_WAITS
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,7 +38,8 @@ class CursorGate:
             return None
         owner: Any = self.crawler.spider
         await owner.ready.wait()
-        retry = request.meta.get("retry_times", 0) > 0
+        # A retry, or a page asked again after a rate limit (which keeps retry_times on purpose).
+        retry = request.meta.get("retry_times", 0) > 0 or request.meta.get(RATE_LIMIT_WAITS, 0) > 0
         expected = owner.active.get(job_id, False)
         if expected is False or expected != request.meta["cursor"]:
             reason = "not running here" if expected is False else "not its next page"

@@ -21,6 +21,7 @@ from civicband import datasette, jobs
 from civicband.args import ArgumentError, SpiderArguments, parse_arguments, parse_batch_size
 from civicband.db import DatabaseError, one_line
 from civicband.items import CountItem, JobFailed, PageItem
+from civicband.middlewares import RETRIES_EXHAUSTED, check_settings
 from civicband.store import Store
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class CivicbandSpider(Spider):
         arguments = parse_arguments(kwargs)
         if arguments.repair:
             raise ArgumentError("repair is not available in this version yet")
+        check_settings(settings)
         try:
             site_url = datasette.check_site_url(settings.get("CIVICBAND_SITE_URL"))
         except ValueError as error:
@@ -357,7 +359,11 @@ class CivicbandSpider(Spider):
         if failure.check(HttpError):
             response = failure.value.response
             error = f"HTTP {response.status} at {response.url}"
-            exhausted = response.status >= 500 or response.status == 429
+            exhausted = (
+                response.status >= 500
+                or response.status == 429
+                or bool(request.meta.get(RETRIES_EXHAUSTED))
+            )
         else:
             error = f"{failure.type.__name__}: {one_line(failure.value)} at {request.url}"
             exhausted = True

@@ -56,6 +56,9 @@ def crawl_command(
         "CIVICBAND_INDEX_URL": source.index_url if source is not None else "http://127.0.0.1:9/",
         "CIVICBAND_SERVICE_SECRET": SECRET,
         "LOG_LEVEL": "INFO",
+        # Real backoff, shortened: tests that measure it set their own.
+        "CIVICBAND_BACKOFF_BASE": 0.2,
+        "CIVICBAND_BACKOFF_MAX": 2,
         **(settings or {}),
     }
     for name, value in merged.items():
