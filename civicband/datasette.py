@@ -131,3 +131,34 @@ def parse_count(body: bytes) -> int | None:
 def dialect_of_body(body: bytes) -> str:
     """The Datasette line of a table page: 1.0's JSON opens with `ok`, 0.65's with `database`."""
     return dialect_of({"ok"} if body.lstrip()[:8].startswith(b'{"ok"') else set())
+
+
+def sql_url(root: str, dialect: str, sql: str, **params: str) -> str:
+    """A read-only SQL query on the meetings database, parameters bound by Datasette."""
+    return f"{root}/{DATABASE}{SQL_PATHS[dialect]}?{urlencode({'sql': sql, **params})}"
+
+
+def bucket_counts_sql(document_type: str) -> str:
+    """Rows per 2-character id prefix: reads only the primary key index at the source."""
+    table = DOCUMENT_TABLES[document_type]
+    return f"select substr(id, 1, 2) as bucket, count(*) as n from {table} group by bucket"
+
+
+def bucket_ids_sql(document_type: str) -> str:
+    """One page of the ids in a bucket, by range on the primary key, after a given id."""
+    table = DOCUMENT_TABLES[document_type]
+    return (
+        f"select id from {table} where id >= :low and id < :high and id > :after"
+        f" order by id limit {MAX_PAGE_SIZE}"
+    )
+
+
+def rows_by_id_sql(document_type: str) -> str:
+    """Whole rows for a JSON list of ids (text binding: all-digit ids stay text)."""
+    table = DOCUMENT_TABLES[document_type]
+    return f"select * from {table} where id in (select value from json_each(:ids))"
+
+
+def bucket_range(bucket: str) -> tuple[str, str]:
+    """The id range [low, high) of a prefix."""
+    return bucket, bucket[:-1] + chr(ord(bucket[-1]) + 1)

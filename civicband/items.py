@@ -51,3 +51,21 @@ class CountItem:
     document_type: str
     expected: int | None
     note: str = ""
+
+
+@dataclass(repr=False)
+class RepairItem:
+    """Repair of one (site, type): rows fetched by id, and ids the source no longer has."""
+
+    job_id: int
+    subdomain: str
+    document_type: str
+    rows: list[Any] = field(default_factory=list)
+    delete_ids: list[str] = field(default_factory=list)
+    url: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"<RepairItem job={self.job_id} {self.subdomain}/{self.document_type}"
+            f" rows={len(self.rows)} delete={len(self.delete_ids)}>"
+        )

@@ -125,3 +125,22 @@ async def claim(
         if taken is not None:
             await store.release(taken)
         raise
+
+
+async def local_buckets(
+    conn: psycopg.AsyncConnection, subdomain: str, document_type: str
+) -> dict[str, int]:
+    """Local pages plus rejected rows per 2-character id prefix."""
+    params = {"subdomain": subdomain, "document_type": document_type}
+    rows = await (await conn.execute(query("local_buckets"), params)).fetchall()
+    return {row[0]: int(row[1]) for row in rows if row[0] is not None}
+
+
+async def ids_in_bucket(
+    conn: psycopg.AsyncConnection, subdomain: str, document_type: str, low: str, high: str
+) -> tuple[set[str], set[str]]:
+    """Local page ids and rejected row ids in [low, high)."""
+    params = {"subdomain": subdomain, "document_type": document_type, "low": low, "high": high}
+    local = await (await conn.execute(query("local_ids_in_bucket"), params)).fetchall()
+    rejected = await (await conn.execute(query("rejected_ids_in_bucket"), params)).fetchall()
+    return {row[0] for row in local}, {row[0] for row in rejected}

@@ -14,7 +14,7 @@ from scrapy.exceptions import DropItem
 
 from civicband import db, jobs
 from civicband.db import query
-from civicband.items import CountItem, JobFailed, PageItem
+from civicband.items import CountItem, JobFailed, PageItem, RepairItem
 from civicband.rows import PageRows, clean_page
 from civicband.store import LEASE_CLASS, Store
 from civicband.verify import decide
@@ -60,6 +60,10 @@ class PostgresPipeline:
             page = clean_page(item.rows)
             async with self._locks[item.job_id]:
                 await self._store_page(item, page)
+        elif isinstance(item, RepairItem):
+            page = clean_page(item.rows)
+            async with self._locks[item.job_id]:
+                await self._repair(item, page)
         elif isinstance(item, CountItem):
             async with self._locks[item.job_id]:
                 await self._verify(item)
@@ -210,31 +214,7 @@ class PostgresPipeline:
                 return None
             if not claim[2]:
                 raise LeaseLost(f"job {item.job_id} is no longer leased by this process")
-            created = changed = 0
-            if page.clean:
-                async with conn.cursor().copy(query("copy_staging")) as copy:
-                    for row in page.clean:
-                        await copy.write_row(row.as_tuple())
-                await conn.execute(query("upsert_documents"), params)
-                await conn.execute(query("remember_seen"), {"job_id": item.job_id})
-                counts = await (await conn.execute(query("upsert_pages"), params)).fetchone()
-                assert counts is not None
-                created, changed = int(counts[0]), int(counts[1])
-            if page.rejected:
-                async with conn.cursor() as cursor:
-                    await cursor.executemany(
-                        query("reject_row"),
-                        [
-                            {
-                                **params,
-                                "row_id": rejection.row_id,
-                                "reason": rejection.reason,
-                                "raw": rejection.raw,
-                                "job_id": item.job_id,
-                            }
-                            for rejection in page.rejected
-                        ],
-                    )
+            created, changed = await self._store_rows(conn, params, item.job_id, page, seen=True)
             updated = len(page.clean) - created
             await conn.execute(
                 query("advance_job"),
@@ -325,6 +305,92 @@ class PostgresPipeline:
             note,
         )
         await self._end(item.job_id)
+
+    async def _repair(self, item: RepairItem, page: PageRows) -> None:
+        """Store the pages repair fetched and delete those a complete bucket listing lacks."""
+        if item.job_id in self.store.stopped_jobs:
+            raise DropItem(f"job {item.job_id} has stopped; repair not stored")
+        params = {"subdomain": item.subdomain, "document_type": item.document_type}
+        try:
+            async with self.store.connection() as conn, conn.transaction():
+                created, _ = await self._store_rows(conn, params, item.job_id, page, seen=False)
+                deleted = 0
+                if item.delete_ids:
+                    cursor = await conn.execute(
+                        query("delete_pages"), {**params, "ids": item.delete_ids}
+                    )
+                    deleted = cursor.rowcount
+                    await conn.execute(query("delete_orphan_documents"), params)
+                await conn.execute(
+                    query("count_repair"),
+                    {
+                        "job_id": item.job_id,
+                        "fetched": len(item.rows),
+                        "created": created,
+                        "updated": len(page.clean) - created,
+                        "errors": len(page.rejected),
+                    },
+                )
+        except (psycopg.Error, PoolTimeout) as error:
+            self.stats.inc_value("civicband/db/errors")
+            message = f"database error during repair at {item.url}: {db.one_line(error)}"
+            await self._fail_job(
+                JobFailed(item.job_id, item.subdomain, item.document_type, message)
+            )
+            raise DropItem(message) from None
+        self.stats.inc_value("civicband/repair/fetched", len(item.rows))
+        self.stats.inc_value("civicband/repair/created", created)
+        self.stats.inc_value("civicband/repair/deleted", deleted)
+        self.stats.inc_value("civicband/rows/rejected", len(page.rejected))
+        self.stats.inc_value("civicband/rows/nul_removed", page.nul_removed)
+        if created or deleted:
+            logger.info(
+                "Job %s %s/%s repair: %s pages fetched, %s deleted",
+                item.job_id,
+                item.subdomain,
+                item.document_type,
+                created,
+                deleted,
+            )
+
+    async def _store_rows(
+        self,
+        conn: psycopg.AsyncConnection,
+        params: dict[str, Any],
+        job_id: int,
+        page: PageRows,
+        *,
+        seen: bool,
+    ) -> tuple[int, int]:
+        """Upsert a page's clean rows and quarantine its bad ones: (created, changed)."""
+        created = changed = 0
+        if page.clean:
+            async with conn.cursor().copy(query("copy_staging")) as copy:
+                # The page's rows in COPY's text format, made by clean_page: one write, not one
+                # per row (psycopg encodes it in the connection's encoding).
+                await copy.write(page.copy_text())
+            await conn.execute(query("upsert_documents"), params)
+            if seen:
+                await conn.execute(query("remember_seen"), {"job_id": job_id})
+            counts = await (await conn.execute(query("upsert_pages"), params)).fetchone()
+            assert counts is not None
+            created, changed = int(counts[0]), int(counts[1])
+        if page.rejected:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    query("reject_row"),
+                    [
+                        {
+                            **params,
+                            "row_id": rejection.row_id,
+                            "reason": rejection.reason,
+                            "raw": rejection.raw,
+                            "job_id": job_id,
+                        }
+                        for rejection in page.rejected
+                    ],
+                )
+        return created, changed
 
     async def _fail_job(self, item: JobFailed) -> None:
         """Mark the job failed with why; its cursor stays for resume."""

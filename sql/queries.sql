@@ -162,3 +162,73 @@ UPDATE backfill_jobs
        last_error = CASE WHEN %(status)s = 'failed' THEN %(message)s ELSE NULL END,
        modified = now()
  WHERE id = %(job_id)s AND status = 'running'
+
+-- name: local_buckets
+-- Local pages plus rejected rows per id prefix, to compare with the source's own buckets.
+SELECT bucket, sum(n)::bigint AS n FROM (
+    SELECT substr(id, 1, 2) AS bucket, count(*) AS n FROM meeting_pages
+     WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s GROUP BY 1
+    UNION ALL
+    SELECT substr(row_id, 1, 2), count(*) FROM rejected_rows
+     WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+       AND row_id IS NOT NULL GROUP BY 1
+) counts GROUP BY bucket
+
+-- name: local_ids_in_bucket
+SELECT id FROM meeting_pages
+WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+  AND id >= %(low)s AND id < %(high)s
+
+-- name: rejected_ids_in_bucket
+SELECT row_id FROM rejected_rows
+WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+  AND row_id >= %(low)s AND row_id < %(high)s
+
+-- name: delete_pages
+DELETE FROM meeting_pages
+WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s AND id = ANY(%(ids)s)
+
+-- name: count_repair
+UPDATE backfill_jobs
+   SET pages_fetched = pages_fetched + %(fetched)s,
+       pages_created = pages_created + %(created)s,
+       pages_updated = pages_updated + %(updated)s,
+       errors_encountered = errors_encountered + %(errors)s,
+       modified = now()
+ WHERE id = %(job_id)s
+
+-- name: upsert_municipalities
+-- civicband-sites: every site of civic.band's index in one statement; added = inserts.
+-- A country the index does not show keeps what the mirror knew.
+WITH listed AS (
+    SELECT * FROM unnest(%(subdomains)s::text[], %(names)s::text[], %(states)s::text[],
+                         %(countries)s::text[], %(kinds)s::text[], %(pages)s::bigint[],
+                         %(last_updated)s::text[])
+           AS l (subdomain, name, state, country, kind, pages, last_updated)
+), written AS (
+    INSERT INTO municipalities AS m (subdomain, name, state, country, kind, pages, last_updated)
+    SELECT subdomain, name, state, country, kind, pages, last_updated FROM listed
+    ON CONFLICT (subdomain) DO UPDATE
+       SET name = EXCLUDED.name, state = EXCLUDED.state,
+           country = COALESCE(EXCLUDED.country, m.country), kind = EXCLUDED.kind,
+           pages = EXCLUDED.pages, last_updated = EXCLUDED.last_updated, modified = now()
+    RETURNING (xmax = 0) AS added
+)
+SELECT count(*) FILTER (WHERE added) AS added, count(*) FILTER (WHERE NOT added) AS updated
+FROM written
+
+-- name: unlisted_municipalities
+-- Sites the mirror knows that civic.band's index no longer lists: reported, never deleted.
+SELECT subdomain FROM municipalities WHERE NOT (subdomain = ANY(%(subdomains)s::text[]))
+ORDER BY subdomain
+
+-- name: list_jobs
+-- `scrapy jobs`: newest first, each filter applied only when given.
+SELECT id, subdomain, document_type, status, pages_created, pages_updated, errors_encountered,
+       expected_count, actual_count, verify_status, verified_at, created, modified, last_error
+FROM backfill_jobs
+WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(document_type)s::text IS NULL OR document_type = %(document_type)s::text)
+  AND (%(subdomain)s::text IS NULL OR subdomain = %(subdomain)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s::bigint

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Self
 
 from scrapy import Spider, signals
 from scrapy.crawler import Crawler
 from scrapy.statscollectors import StatsCollector
+
+logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,7 +26,7 @@ def exit_status(stats: StatsCollector) -> int:
         + stats.get_value("civicband/sites/failed", 0)
         + stats.get_value("civicband/db/errors", 0)
     )
-    if failed:
+    if failed or stats.get_value("civicband/jobs/stalled", 0):
         return EXIT_FAILED
     if stats.get_value("finish_reason") == "shutdown":
         return EXIT_INTERRUPTED
@@ -48,4 +51,13 @@ class Outcome:
     def spider_closed(self, spider: Spider, reason: str) -> None:
         """Store the status the process will exit with."""
         self.stats.set_value("finish_reason", reason)
+        paused = self.stats.get_value("civicband/jobs/paused", 0)
+        if reason == "finished" and paused:
+            # Nothing interrupted the crawl, yet jobs were left unfinished: a request was lost.
+            self.stats.set_value("civicband/jobs/stalled", paused)
+            logger.error(
+                "%s jobs were left unfinished although the crawl ended normally;"
+                " they are paused: resume with -a resume=true",
+                paused,
+            )
         self.stats.set_value("civicband/exit_code", exit_status(self.stats))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Self
@@ -20,14 +21,17 @@ from twisted.python.failure import Failure
 from civicband import datasette, jobs
 from civicband.args import ArgumentError, SpiderArguments, parse_arguments, parse_batch_size
 from civicband.db import DatabaseError, one_line
-from civicband.items import CountItem, JobFailed, PageItem
+from civicband.items import CountItem, JobFailed, PageItem, RepairItem
 from civicband.middlewares import RETRIES_EXHAUSTED, check_settings
+from civicband.repair import RepairState, chunks, differing_buckets, plan_bucket
 from civicband.store import Store
 
 logger = logging.getLogger(__name__)
 
 REDIRECTS = [301, 302, 303, 307, 308]
 EXIT_BAD_INPUT = 2
+# Ids per by-id fetch: they travel in the URL, which Scrapy caps at URLLENGTH_LIMIT (2083).
+REPAIR_FETCH_SIZE = 60
 
 
 class CivicbandSpider(Spider):
@@ -47,8 +51,8 @@ class CivicbandSpider(Spider):
     ) -> tuple[SpiderArguments, str, int]:
         """Validate arguments and settings before any request: (arguments, site URL, batch size)."""
         arguments = parse_arguments(kwargs)
-        if arguments.repair:
-            raise ArgumentError("repair is not available in this version yet")
+        if arguments.repair and arguments.verify_only:
+            raise ArgumentError("repair: give either repair=true or verify_only=true, not both")
         check_settings(settings)
         try:
             site_url = datasette.check_site_url(settings.get("CIVICBAND_SITE_URL"))
@@ -80,6 +84,7 @@ class CivicbandSpider(Spider):
         spider.inflight = set()
         # Which Datasette line each site speaks, learnt from its table pages (SQL URLs differ).
         spider.dialects = {}
+        spider.repairs = {}
         spider.ready = asyncio.Event()
         return spider
 
@@ -122,10 +127,11 @@ class CivicbandSpider(Spider):
             for subdomain in subdomains:
                 for document_type in self.arguments.document_types:
                     if subdomain not in known:
-                        if self.arguments.verify_only:
+                        if self.arguments.verify_only or self.arguments.repair:
                             self.crawler.stats.inc_value("civicband/sites/failed")
                             logger.error(
-                                "%s is not in municipalities: nothing to verify; crawl it first",
+                                "%s is not in municipalities: nothing to verify or repair;"
+                                " crawl it first",
                                 subdomain,
                             )
                             continue
@@ -133,6 +139,16 @@ class CivicbandSpider(Spider):
                         continue
                     claim = await self._claim(subdomain, document_type)
                     if claim is None or not claim.runs:
+                        continue
+                    if self.arguments.repair:
+                        self.repairs[claim.job_id] = RepairState()
+                        yield self.sql_request(
+                            claim.job_id,
+                            subdomain,
+                            document_type,
+                            datasette.bucket_counts_sql(document_type),
+                            self.parse_buckets,
+                        )
                         continue
                     if self.arguments.verify_only or claim.exhausted:
                         # Nothing to fetch: only the count (verify_only, or a pass already done).
@@ -331,6 +347,189 @@ class CivicbandSpider(Spider):
             expected=expected,
             note=note,
         )
+
+    def sql_request(
+        self,
+        job_id: int,
+        subdomain: str,
+        document_type: str,
+        sql: str,
+        callback: Any,
+        **params: Any,
+    ) -> Request:
+        """A read-only SQL query for repair, in the site's Datasette dialect."""
+        dialect = self.dialects.get(subdomain, "1.0")
+        root = datasette.site_root(self.site_url, subdomain)
+        return Request(
+            datasette.sql_url(root, dialect, sql, **{k: str(v) for k, v in params.items()}),
+            callback=callback,
+            errback=self.repair_failed,
+            headers=self.headers,
+            dont_filter=True,
+            meta={
+                "job_id": job_id,
+                "subdomain": subdomain,
+                "document_type": document_type,
+                "dialect": dialect,
+                "sql": sql,
+                "params": params,
+                "download_slot": self.download_slot,
+                "dont_redirect": True,
+                "handle_httpstatus_list": [400],
+            },
+        )
+
+    def _sql_rows(self, response: Response) -> tuple[list[dict[str, Any]] | None, Any]:
+        """The rows of an SQL answer, or (None, what to yield instead)."""
+        meta = response.meta
+        if response.status == 400:
+            body = response.body[:2000].lower()
+            if meta["dialect"] == "1.0" and b"no such table" in body:
+                # Datasette 0.65 has no /-/query: ask again in its dialect.
+                self.dialects[meta["subdomain"]] = "0.65"
+                request = self.sql_request(
+                    meta["job_id"],
+                    meta["subdomain"],
+                    meta["document_type"],
+                    meta["sql"],
+                    response.request.callback,
+                    **meta["params"],
+                )
+                return None, [request]
+            return None, self._repair_stop(meta, f"HTTP 400 at {response.url}")
+        try:
+            rows = datasette.parse_table_page(response.body).rows
+        except datasette.SourceError as error:
+            return None, self._repair_stop(meta, f"{error} at {response.url}")
+        if not all(isinstance(row, dict) for row in rows):
+            return None, self._repair_stop(meta, f"malformed SQL answer at {response.url}")
+        return rows, None
+
+    def _repair_stop(self, meta: dict[str, Any], error: str) -> list[JobFailed]:
+        """Repair never deletes on partial data: any failure ends the job, nothing guessed."""
+        self.repairs.pop(meta["job_id"], None)
+        return list(self._failure(meta, f"repair: {error}"))
+
+    def repair_failed(self, failure: Failure) -> Any:
+        """A repair query could not be answered: the job fails, the mirror is left as it was."""
+        request = failure.request  # type: ignore[attr-defined]
+        self.inflight.discard(request.meta["job_id"])
+        if failure.check(HttpError):
+            error = f"HTTP {failure.value.response.status} at {request.url}"
+        else:
+            error = f"{failure.type.__name__}: {one_line(failure.value)} at {request.url}"
+        return self._repair_stop(request.meta, error)
+
+    async def parse_buckets(self, response: Response) -> AsyncIterator[Any]:
+        """Compare per-prefix counts with the mirror; list ids only where they differ."""
+        rows, instead = self._sql_rows(response)
+        if rows is None:
+            for output in instead:
+                yield output
+            return
+        meta = response.meta
+        job_id, subdomain, document_type = meta["job_id"], meta["subdomain"], meta["document_type"]
+        source = {row["bucket"]: int(row["n"]) for row in rows if row.get("bucket") is not None}
+        nameless = sum(int(row["n"]) for row in rows if row.get("bucket") is None)
+        if nameless:
+            logger.warning("%s/%s: %s source rows have no id", subdomain, document_type, nameless)
+        async with self.store.connection() as conn:
+            local = await jobs.local_buckets(conn, subdomain, document_type)
+        state = self.repairs[job_id]
+        state.open_buckets = set(differing_buckets(source, local))
+        self.crawler.stats.inc_value("civicband/repair/buckets", len(state.open_buckets))
+        logger.info(
+            "Job %s %s/%s repair: %s of %s id buckets differ",
+            job_id,
+            subdomain,
+            document_type,
+            len(state.open_buckets),
+            len(source.keys() | local.keys()),
+        )
+        if not state.open_buckets:
+            self.repairs.pop(job_id, None)
+            yield self.count_request(job_id, subdomain, document_type)
+            return
+        for bucket in sorted(state.open_buckets):
+            yield self._list_request(meta, bucket, "")
+
+    def _list_request(self, meta: dict[str, Any], bucket: str, after: str) -> Request:
+        low, high = datasette.bucket_range(bucket)
+        request = self.sql_request(
+            meta["job_id"],
+            meta["subdomain"],
+            meta["document_type"],
+            datasette.bucket_ids_sql(meta["document_type"]),
+            self.parse_bucket_ids,
+            low=low,
+            high=high,
+            after=after,
+        )
+        request.meta["bucket"] = bucket
+        return request
+
+    async def parse_bucket_ids(self, response: Response) -> AsyncIterator[Any]:
+        """Collect a bucket's ids; once the listing is complete, fetch and delete exactly."""
+        rows, instead = self._sql_rows(response)
+        if rows is None:
+            for output in instead:
+                yield output
+            return
+        meta = response.meta
+        job_id, bucket = meta["job_id"], meta["bucket"]
+        state = self.repairs.get(job_id)
+        if state is None:
+            return
+        listed = state.listed.setdefault(bucket, [])
+        listed.extend(str(row["id"]) for row in rows)
+        if len(rows) >= datasette.MAX_PAGE_SIZE:
+            yield self._list_request(meta, bucket, listed[-1])
+            return
+        async with self.store.connection() as conn:
+            local, rejected = await jobs.ids_in_bucket(
+                conn, meta["subdomain"], meta["document_type"], *datasette.bucket_range(bucket)
+            )
+        missing, extra = plan_bucket(listed, local, rejected)
+        if extra:
+            yield RepairItem(
+                job_id, meta["subdomain"], meta["document_type"], delete_ids=extra, url=response.url
+            )
+        batches = chunks(missing, REPAIR_FETCH_SIZE)
+        state.fetching[bucket] = len(batches)
+        for ids in batches:
+            request = self.sql_request(
+                job_id,
+                meta["subdomain"],
+                meta["document_type"],
+                datasette.rows_by_id_sql(meta["document_type"]),
+                self.parse_fetched,
+                ids=json.dumps(ids, separators=(",", ":")),
+            )
+            request.meta["bucket"] = bucket
+            yield request
+        if not batches and state.bucket_done(bucket):
+            self.repairs.pop(job_id, None)
+            yield self.count_request(job_id, meta["subdomain"], meta["document_type"])
+
+    async def parse_fetched(self, response: Response) -> AsyncIterator[Any]:
+        """Rows fetched by id go to the pipeline; when every bucket is done, verify."""
+        rows, instead = self._sql_rows(response)
+        if rows is None:
+            for output in instead:
+                yield output
+            return
+        meta = response.meta
+        job_id, bucket = meta["job_id"], meta["bucket"]
+        yield RepairItem(
+            job_id, meta["subdomain"], meta["document_type"], rows=rows, url=response.url
+        )
+        state = self.repairs.get(job_id)
+        if state is None:
+            return
+        state.fetching[bucket] -= 1
+        if state.fetching[bucket] == 0 and state.bucket_done(bucket):
+            self.repairs.pop(job_id, None)
+            yield self.count_request(job_id, meta["subdomain"], meta["document_type"])
 
     @staticmethod
     def _location(response: Response) -> str:

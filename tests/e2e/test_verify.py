@@ -145,3 +145,76 @@ def test_more_than_10001_rows_are_counted_exactly(database_url, source):
     )
     count = fetch(database_url, "SELECT count(*) AS n FROM meeting_pages")[0]["n"]
     assert count == 10_050
+
+
+def repair(database_url, source, site, *extra):
+    return crawl(
+        database_url,
+        source,
+        f"subdomain={site.subdomain}",
+        "document_type=agenda",
+        "repair=true",
+        *extra,
+    )
+
+
+def test_repair_fetches_exactly_the_rows_added_at_the_source(database_url, source):
+    site = source.create_site(agendas=3000, minutes=0)
+    assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
+    added = source.create_site(agendas=150, minutes=0).rows("agendas")
+    added = [{**row, "id": "fe" + row["id"][2:]} for row in added]  # all in one bucket
+    site.add_rows("agendas", added)
+    check = verify_only(database_url, source, site)
+    assert check.returncode == 1, check
+    assert jobs(database_url, site.subdomain)[-1]["last_error"].startswith("Missing 150 pages!")
+    source.clear_requests()
+    result = repair(database_url, source, site)
+    assert result.returncode == 0, result
+    job = jobs(database_url, site.subdomain)[-1]
+    assert (job["status"], job["verify_status"], job["pages_created"]) == (
+        "completed",
+        "passed",
+        150,
+    )
+    assert result.stats["civicband/repair/created"] == 150
+    assert result.stats["civicband/repair/buckets"] == 1
+    sent = [r["query"] for r in source.requests()]
+    assert not [q for q in sent if "_sort=id" in q], "repair paged through the table"
+    # bucket counts, one listing of bucket "fe", its 150 rows by id (60 a request), the count;
+    # on 0.65 the first SQL request learns that it has no /-/query endpoint.
+    probe = 1 if source.version.startswith("0.65") else 0
+    assert len(sent) == probe + 1 + 1 + 3 + 1, sent
+    assert_mirror_equals_source(database_url, site, ("agenda",))
+
+
+def test_repair_deletes_rows_the_source_no_longer_has(database_url, source):
+    site = source.create_site(agendas=400, minutes=0)
+    assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
+    gone = [row["id"] for row in site.rows("agendas")[::50]]
+    site.delete_rows("agendas", gone)
+    result = repair(database_url, source, site)
+    assert result.returncode == 0, result
+    assert result.stats["civicband/repair/deleted"] == len(gone)
+    assert not set(gone) & set(mirrored(database_url, site.subdomain, "agenda"))
+    assert_mirror_equals_source(database_url, site, ("agenda",))
+    assert jobs(database_url, site.subdomain)[-1]["verify_status"] == "passed"
+
+
+def test_repair_deletes_nothing_when_a_listing_fails(database_url, source):
+    site = source.create_site(agendas=200, minutes=0)
+    assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
+    gone = [row["id"] for row in site.rows("agendas")[:5]]
+    site.delete_rows("agendas", gone)
+    source.faults.add(match="low=", action="status", status=503, times=-1)
+    result = crawl(
+        database_url,
+        source,
+        f"subdomain={site.subdomain}",
+        "document_type=agenda",
+        "repair=true",
+        settings={"RETRY_TIMES": 1},
+    )
+    assert result.returncode == 1, result
+    assert set(gone) <= set(mirrored(database_url, site.subdomain, "agenda"))
+    job = jobs(database_url, site.subdomain)[-1]
+    assert job["status"] == "failed" and job["last_error"].startswith("repair: HTTP 503")
