@@ -282,6 +282,7 @@ class PostgresPipeline:
             )
             await self._end(item.job_id)
             return
+        await self._cross_check(item.subdomain)
         stats = self.stats
         stats.inc_value(f"civicband/verify/{verdict.status}")
         if verdict.missing is not None and verdict.missing > 0:
@@ -391,6 +392,28 @@ class PostgresPipeline:
                     ],
                 )
         return created, changed
+
+    async def _cross_check(self, subdomain: str) -> None:
+        """Report when the index's page total disagrees with the source's own counts."""
+        try:
+            async with self.store.connection() as conn:
+                cursor = await conn.execute(query("index_cross_check"), {"subdomain": subdomain})
+                row = await cursor.fetchone()
+        except (psycopg.Error, PoolTimeout) as error:
+            logger.warning("%s: index cross-check skipped: %s", subdomain, db.one_line(error))
+            return
+        if row is None or None in row:
+            return
+        listed, agendas, minutes = (int(value) for value in row)
+        if listed != agendas + minutes:
+            self.stats.inc_value("civicband/verify/index_mismatch")
+            logger.warning(
+                "%s: civic.band's index lists %s pages, its sites count %s agendas + %s minutes",
+                subdomain,
+                listed,
+                agendas,
+                minutes,
+            )
 
     async def _fail_job(self, item: JobFailed) -> None:
         """Mark the job failed with why; its cursor stays for resume."""

@@ -232,3 +232,14 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(subdomain)s::text IS NULL OR subdomain = %(subdomain)s::text)
 ORDER BY id DESC
 LIMIT %(limit)s::bigint
+
+-- name: index_cross_check
+-- civic.band's index lists pages = agendas + minutes: compare with the newest source counts.
+SELECT m.pages,
+       (SELECT expected_count FROM backfill_jobs
+         WHERE subdomain = m.subdomain AND document_type = 'agenda' AND expected_count IS NOT NULL
+         ORDER BY id DESC LIMIT 1) AS agendas,
+       (SELECT expected_count FROM backfill_jobs
+         WHERE subdomain = m.subdomain AND document_type = 'minutes' AND expected_count IS NOT NULL
+         ORDER BY id DESC LIMIT 1) AS minutes
+FROM municipalities m WHERE m.subdomain = %(subdomain)s

@@ -218,3 +218,18 @@ def test_repair_deletes_nothing_when_a_listing_fails(database_url, source):
     assert set(gone) <= set(mirrored(database_url, site.subdomain, "agenda"))
     job = jobs(database_url, site.subdomain)[-1]
     assert job["status"] == "failed" and job["last_error"].startswith("repair: HTTP 503")
+
+
+def test_index_page_total_is_cross_checked(database_url, source):
+    site = source.create_site(agendas=12, minutes=8)
+    assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE municipalities SET pages = 25 WHERE subdomain = %s", [site.subdomain])
+    result = verify_only(database_url, source, site)
+    assert result.returncode == 0, result
+    assert "index lists 25 pages, its sites count 12 agendas + 8 minutes" in result.stderr
+    assert result.stats["civicband/verify/index_mismatch"] == 1
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE municipalities SET pages = 20 WHERE subdomain = %s", [site.subdomain])
+    again = verify_only(database_url, source, site)
+    assert "civicband/verify/index_mismatch" not in again.stats
