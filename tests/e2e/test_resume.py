@@ -67,7 +67,9 @@ def test_resume_continues_a_failed_job_from_its_cursor(database_url, source):
     again = jobs(database_url, site.subdomain)[-1]
     assert again["id"] == job["id"] and again["status"] == "completed"
     assert (again["pages_fetched"], again["pages_created"], again["pages_updated"]) == (120, 0, 120)
-    first_pages = [r for r in source.requests() if "_next=" not in r["query"]]
+    first_pages = [
+        r for r in source.requests() if "_next=" not in r["query"] and "sql=" not in r["query"]
+    ]
     assert first_pages == [], "resume started over instead of continuing"
     assert_mirror_equals_source(database_url, site, ("agenda",))
 
@@ -107,7 +109,9 @@ def test_kill_9_at_random_moments_then_resume_loses_and_doubles_nothing(
         crawl(database_url, source, f"subdomain={site.subdomain}", "batch_size=1").returncode == 0
     )
     with psycopg.connect(database_url) as conn:
-        conn.execute("TRUNCATE meeting_pages, meeting_documents, rejected_rows, backfill_jobs")
+        conn.execute(
+            "TRUNCATE meeting_pages, meeting_documents, rejected_rows, backfill_jobs CASCADE"
+        )
     slow(source, site, 0.05)
     rng = random.Random(7)
     args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=30", "resume=true")
