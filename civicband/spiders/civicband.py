@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Self
 
 import psycopg
-from scrapy import Request, Spider
+from scrapy import Request
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.retry import get_retry_request
-from scrapy.exceptions import CloseSpider
 from scrapy.http import Response
 from scrapy.settings import BaseSettings
 from scrapy.spidermiddlewares.httperror import HttpError
@@ -24,17 +23,16 @@ from civicband.db import DatabaseError, one_line
 from civicband.items import CountItem, JobFailed, PageItem, RepairItem
 from civicband.middlewares import RETRIES_EXHAUSTED, check_settings
 from civicband.repair import RepairState, chunks, differing_buckets, plan_bucket
-from civicband.store import Store
+from civicband.spiders.base import StoreSpider, service_headers
 
 logger = logging.getLogger(__name__)
 
 REDIRECTS = [301, 302, 303, 307, 308]
-EXIT_BAD_INPUT = 2
 # Ids per by-id fetch: they travel in the URL, which Scrapy caps at URLLENGTH_LIMIT (2083).
 REPAIR_FETCH_SIZE = 60
 
 
-class CivicbandSpider(Spider):
+class CivicbandSpider(StoreSpider):
     """Mirror agendas and minutes of one, several or all civic.band sites."""
 
     name = "civicband"
@@ -72,10 +70,7 @@ class CivicbandSpider(Spider):
         spider = super().from_crawler(crawler, *args, **kwargs)
         settings = crawler.settings
         _, spider.site_url, spider.batch_size = cls.check_arguments(kwargs, settings)
-        secret = settings.get("CIVICBAND_SERVICE_SECRET") or ""
-        spider.headers = {"Accept": "application/json"}
-        if secret:
-            spider.headers["X-Service-Secret"] = secret
+        spider.headers = service_headers(settings, "application/json")
         spider.download_slot = settings.get("CIVICBAND_DOWNLOAD_SLOT")
         # JOBDIR implies resume: rerunning the same command continues the same jobs.
         spider.resume = spider.arguments.resume or bool(settings.get("JOBDIR"))
@@ -87,19 +82,6 @@ class CivicbandSpider(Spider):
         spider.repairs = {}
         spider.ready = asyncio.Event()
         return spider
-
-    @property
-    def store(self) -> Store:
-        """The crawl's database."""
-        store = self.crawler.get_extension(Store)
-        assert store is not None, "civicband.store.Store must be in EXTENSIONS"
-        return store
-
-    def _stop(self, message: str, reason: str) -> CloseSpider:
-        """Bad input found at start: one line, exit status 2, nothing fetched."""
-        logger.error(message)
-        self.crawler.stats.set_value("civicband/exit_code", EXIT_BAD_INPUT)
-        return CloseSpider(reason)
 
     async def start(self) -> AsyncIterator[Request]:
         """Open the database, resolve the sites, and start one job per (site, type)."""

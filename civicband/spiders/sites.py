@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 from parsel import Selector
-from scrapy import Request, Spider
+from scrapy import Request
 from scrapy.crawler import Crawler
-from scrapy.exceptions import CloseSpider
 from scrapy.http import Response, TextResponse
 from scrapy.settings import BaseSettings
 from scrapy.spidermiddlewares.httperror import HttpError
@@ -29,8 +28,7 @@ from twisted.python.failure import Failure
 from civicband.args import ArgumentError
 from civicband.datasette import SUBDOMAIN
 from civicband.db import DatabaseError, one_line, query, redact
-from civicband.extensions.outcome import EXIT_BAD_INPUT
-from civicband.store import Store
+from civicband.spiders.base import StoreSpider, service_headers
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +241,7 @@ def check_index_url(url: Any) -> str:
     return text
 
 
-class SitesSpider(Spider):
+class SitesSpider(StoreSpider):
     """Refresh `municipalities` from civic.band's list, so `subdomain=all` means every site."""
 
     name = "civicband-sites"
@@ -261,24 +259,8 @@ class SitesSpider(Spider):
         """Build the spider from checked settings and the civicband spider's headers."""
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider.index_url = cls.check_arguments(kwargs, crawler.settings)
-        spider.headers = {"Accept": "text/html"}
-        secret = crawler.settings.get("CIVICBAND_SERVICE_SECRET") or ""
-        if secret:
-            spider.headers["X-Service-Secret"] = secret
+        spider.headers = service_headers(crawler.settings, "text/html")
         return spider
-
-    @property
-    def store(self) -> Store:
-        """The crawl's database, the same extension the civicband spider uses."""
-        store = self.crawler.get_extension(Store)
-        assert store is not None, "civicband.store.Store must be in EXTENSIONS"
-        return store
-
-    def _stop(self, message: str, reason: str) -> CloseSpider:
-        """No database before any fetch: one line, exit status 2."""
-        logger.error(message)
-        self.crawler.stats.set_value("civicband/exit_code", EXIT_BAD_INPUT)
-        return CloseSpider(reason)
 
     async def start(self) -> AsyncIterator[Request]:
         """Open the database first, so an unreachable one costs civic.band no request."""

@@ -1,0 +1,40 @@
+"""What both spiders share: the crawl's database, honest headers, and stopping on bad input."""
+
+from __future__ import annotations
+
+import logging
+
+from scrapy import Spider
+from scrapy.exceptions import CloseSpider
+from scrapy.settings import BaseSettings
+
+from civicband.extensions.outcome import EXIT_BAD_INPUT
+from civicband.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def service_headers(settings: BaseSettings, accept: str) -> dict[str, str]:
+    """The headers of every request to civic.band: the secret goes only in a header, never a log."""
+    headers = {"Accept": accept}
+    secret = settings.get("CIVICBAND_SERVICE_SECRET") or ""
+    if secret:
+        headers["X-Service-Secret"] = secret
+    return headers
+
+
+class StoreSpider(Spider):
+    """A spider that writes to the mirror through the crawl's Store extension."""
+
+    @property
+    def store(self) -> Store:
+        """The crawl's database."""
+        store = self.crawler.get_extension(Store)
+        assert store is not None, "civicband.store.Store must be in EXTENSIONS"
+        return store
+
+    def _stop(self, message: str, reason: str) -> CloseSpider:
+        """Bad input or no database before any fetch: one line, exit status 2."""
+        logger.error(message)
+        self.crawler.stats.set_value("civicband/exit_code", EXIT_BAD_INPUT)
+        return CloseSpider(reason)
