@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import orjson
+
 SUBDOMAIN = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)*$")
 DOCUMENT_TABLES = {"agenda": "agendas", "minutes": "minutes"}
 MAX_PAGE_SIZE = 1000
@@ -55,7 +57,39 @@ def table_url(root: str, document_type: str, size: int, cursor: str | None) -> s
     return f"{root}/{DATABASE}/{DOCUMENT_TABLES[document_type]}.json?{urlencode(params)}"
 
 
+_SCALARS = frozenset((str, int, bool, type(None)))
+
+
+def _has_float(data: Any) -> bool:
+    """Whether any value in the parsed JSON is a float (rows of str/int/None are checked flat)."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            values = value.values()
+            if not _SCALARS.issuperset(map(type, values)):
+                stack.extend(values)
+        elif kind is list:
+            if not _SCALARS.issuperset(map(type, value)):
+                stack.extend(value)
+        elif kind is float:
+            return True
+    return False
+
+
 def _decode(body: bytes) -> Any:
+    # orjson reads a page in about half the time. It accepts a subset of what json accepts and
+    # returns the same values, except that it turns integers beyond 64 bits into floats: so its
+    # answer is used only when it holds no float at all, and anything else (floats, NaN, lone
+    # surrogates, other encodings, errors) is read by json exactly as before.
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if not _has_float(data):
+            return data
     try:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError):

@@ -367,9 +367,11 @@ class PostgresPipeline:
         created = changed = 0
         if page.clean:
             async with conn.cursor().copy(query("copy_staging")) as copy:
-                # The page's rows in COPY's text format, made by clean_page: one write, not one
-                # per row (psycopg encodes it in the connection's encoding).
-                await copy.write(page.copy_text())
+                # copy_staging is a binary COPY: PostgreSQL takes the rows without parsing text,
+                # which costs it about a third less than text format.
+                copy.set_types(page.copy_types)
+                for row in page.clean:
+                    await copy.write_row(row)
             await conn.execute(query("upsert_documents"), params)
             if seen:
                 await conn.execute(query("remember_seen"), {"job_id": job_id})

@@ -6,16 +6,16 @@ import datetime
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_ID_LENGTH = 200
 TEXT_COLUMNS = ("meeting", "text", "page_image", "entities_json", "votes_json")
 PG_INTEGER = 2**31 - 1
+_DATE_CACHE_SIZE = 4096  # distinct date strings remembered (a site has a few thousand)
 
 
-@dataclass(frozen=True)
-class CleanRow:
+class CleanRow(NamedTuple):
     """A row ready for COPY, in the staging table's column order."""
 
     id: str
@@ -29,16 +29,7 @@ class CleanRow:
 
     def as_tuple(self) -> tuple[Any, ...]:
         """The COPY row."""
-        return (
-            self.id,
-            self.meeting_name,
-            self.meeting_date,
-            self.page_number,
-            self.text,
-            self.page_image,
-            self.entities_json,
-            self.votes_json,
-        )
+        return tuple(self)
 
 
 @dataclass(frozen=True)
@@ -57,6 +48,18 @@ class PageRows:
     clean: list[CleanRow] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     nul_removed: int = 0
+    # PostgreSQL types of CleanRow's fields, in order (the staging table's columns): a binary
+    # COPY sends `clean` as it is, and PostgreSQL reads it without parsing text.
+    copy_types: ClassVar[tuple[str, ...]] = (
+        "text",
+        "text",
+        "date",
+        "int4",
+        "text",
+        "text",
+        "text",
+        "text",
+    )
 
 
 def raw_text(row: Any) -> str:
@@ -92,6 +95,21 @@ def _parse_date(value: Any) -> datetime.date | None:
         return None
 
 
+_dates: dict[str, datetime.date | None] = {}
+
+
+def _cached_date(value: str) -> datetime.date | None:
+    """_parse_date of a str, remembered: a site's rows share a few thousand dates."""
+    try:
+        return _dates[value]
+    except KeyError:
+        pass
+    if len(_dates) >= _DATE_CACHE_SIZE:
+        _dates.clear()
+    parsed = _dates[value] = _parse_date(value)
+    return parsed
+
+
 def _parse_id(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
@@ -119,11 +137,57 @@ def _parse_page(value: Any) -> tuple[bool, int | None]:
     return False, None
 
 
+def _plain_text(value: Any) -> bool:
+    """True when the value is stored as it is: None, or a str without NUL."""
+    return value is None or (type(value) is str and "\x00" not in value)
+
+
+def _clean_common(row: dict) -> CleanRow | None:
+    """The usual row, checked in one pass; None sends it through clean_row's full rules.
+
+    Returns a row only where those rules would return the same row with nothing removed.
+    """
+    get = row.get
+    row_id, meeting, date, page = get("id"), get("meeting"), get("date"), get("page")
+    if not (
+        type(row_id) is str
+        and row_id
+        and len(row_id) <= MAX_ID_LENGTH
+        and "\x00" not in row_id
+        and row_id.strip() == row_id
+        and type(meeting) is str
+        and "\x00" not in meeting
+        and meeting.strip()
+        and type(date) is str
+        and (page is None or (type(page) is int and -PG_INTEGER <= page <= PG_INTEGER))
+    ):
+        return None
+    meeting_date = _cached_date(date)
+    if meeting_date is None:
+        return None
+    text, page_image = get("text"), get("page_image")
+    entities_json, votes_json = get("entities_json"), get("votes_json")
+    if not (
+        _plain_text(text)
+        and _plain_text(page_image)
+        and _plain_text(entities_json)
+        and _plain_text(votes_json)
+    ):
+        return None
+    return CleanRow(
+        row_id, meeting, meeting_date, page, text, page_image, entities_json, votes_json
+    )
+
+
 def clean_row(row: Any) -> tuple[CleanRow | None, Rejection | None, int]:
     """Check one row: (clean row, or its rejection), and how many NULs were removed.
 
     entities_json and votes_json are kept as the text the source sent, valid JSON or not.
     """
+    if type(row) is dict:
+        clean = _clean_common(row)
+        if clean is not None:
+            return clean, None, 0
     if not isinstance(row, dict):
         return None, Rejection(None, "row is not an object", raw_text(row)), 0
     removed = 0

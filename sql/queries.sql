@@ -14,8 +14,9 @@ CREATE TEMP TABLE IF NOT EXISTS civicband_staging (
 ) ON COMMIT DELETE ROWS
 
 -- name: copy_staging
+-- Binary: the server reads each value as it is instead of parsing COPY's text format.
 COPY civicband_staging (id, meeting_name, meeting_date, page_number, text, page_image,
-                        entities_json, votes_json) FROM STDIN
+                        entities_json, votes_json) FROM STDIN (FORMAT BINARY)
 
 -- name: claim_cursor
 -- Locks the job row and proves this page follows the last committed one, from the lease holder.
@@ -39,9 +40,15 @@ WITH written AS (
     SELECT %(subdomain)s::text, %(document_type)s::text, s.id, d.id, s.page_number, s.text, s.page_image,
            s.entities_json, s.votes_json
     FROM civicband_staging s
-    JOIN meeting_documents d
-      ON d.subdomain = %(subdomain)s AND d.document_type = %(document_type)s
-     AND d.meeting_name = s.meeting_name AND d.meeting_date = s.meeting_date
+    -- One index probe per staging row (OFFSET 0 keeps the subquery from being flattened into a
+    -- join): a hash join would read every document of the site for each page, a cost that
+    -- grows with the site.
+    CROSS JOIN LATERAL (
+        SELECT d.id FROM meeting_documents d
+        WHERE d.subdomain = %(subdomain)s AND d.document_type = %(document_type)s
+          AND d.meeting_name = s.meeting_name AND d.meeting_date = s.meeting_date
+        OFFSET 0
+    ) d
     ON CONFLICT (subdomain, document_type, id) DO UPDATE
        SET document_id = EXCLUDED.document_id, page_number = EXCLUDED.page_number,
            text = EXCLUDED.text, page_image = EXCLUDED.page_image,

@@ -222,7 +222,11 @@ def test_database_down_for_good_exits_1_and_leaves_jobs_resumable(source, tmp_pa
             source,
             *args,
             log=log,
-            settings={"CIVICBAND_BACKOFF_BASE": 0.1, "CIVICBAND_DB_RETRIES": 2},
+            settings={
+                "CIVICBAND_BACKOFF_BASE": 0.1,
+                "CIVICBAND_DB_RETRIES": 2,
+                "CIVICBAND_DB_TIMEOUT": 2,
+            },
         )
         wait_for(lambda: committed(url, site.subdomain) >= 2, what="pages to commit")
         server.stop()
