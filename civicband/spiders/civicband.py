@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Self
 
 import psycopg
@@ -30,6 +31,22 @@ logger = logging.getLogger(__name__)
 REDIRECTS = [301, 302, 303, 307, 308]
 # Ids per by-id fetch: they travel in the URL, which Scrapy caps at URLLENGTH_LIMIT (2083).
 REPAIR_FETCH_SIZE = 60
+
+
+def sql_answer(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """Hand a repair callback the rows of an SQL answer; dialect retries and errors stop here."""
+
+    @functools.wraps(method)
+    async def callback(self: CivicbandSpider, response: Response) -> AsyncIterator[Any]:
+        rows, instead = self._sql_rows(response)
+        if rows is None:
+            for output in instead:
+                yield output
+            return
+        async for output in method(self, response, rows):
+            yield output
+
+    return callback
 
 
 class CivicbandSpider(StoreSpider):
@@ -402,13 +419,11 @@ class CivicbandSpider(StoreSpider):
             error = f"{failure.type.__name__}: {one_line(failure.value)} at {request.url}"
         return self._repair_stop(request.meta, error)
 
-    async def parse_buckets(self, response: Response) -> AsyncIterator[Any]:
+    @sql_answer
+    async def parse_buckets(
+        self, response: Response, rows: list[dict[str, Any]]
+    ) -> AsyncIterator[Any]:
         """Compare per-prefix counts with the mirror; list ids only where they differ."""
-        rows, instead = self._sql_rows(response)
-        if rows is None:
-            for output in instead:
-                yield output
-            return
         meta = response.meta
         job_id, subdomain, document_type = meta["job_id"], meta["subdomain"], meta["document_type"]
         source = {row["bucket"]: int(row["n"]) for row in rows if row.get("bucket") is not None}
@@ -450,13 +465,11 @@ class CivicbandSpider(StoreSpider):
         request.meta["bucket"] = bucket
         return request
 
-    async def parse_bucket_ids(self, response: Response) -> AsyncIterator[Any]:
+    @sql_answer
+    async def parse_bucket_ids(
+        self, response: Response, rows: list[dict[str, Any]]
+    ) -> AsyncIterator[Any]:
         """Collect a bucket's ids; once the listing is complete, fetch and delete exactly."""
-        rows, instead = self._sql_rows(response)
-        if rows is None:
-            for output in instead:
-                yield output
-            return
         meta = response.meta
         job_id, bucket = meta["job_id"], meta["bucket"]
         state = self.repairs.get(job_id)
@@ -493,13 +506,11 @@ class CivicbandSpider(StoreSpider):
             self.repairs.pop(job_id, None)
             yield self.count_request(job_id, meta["subdomain"], meta["document_type"])
 
-    async def parse_fetched(self, response: Response) -> AsyncIterator[Any]:
+    @sql_answer
+    async def parse_fetched(
+        self, response: Response, rows: list[dict[str, Any]]
+    ) -> AsyncIterator[Any]:
         """Rows fetched by id go to the pipeline; when every bucket is done, verify."""
-        rows, instead = self._sql_rows(response)
-        if rows is None:
-            for output in instead:
-                yield output
-            return
         meta = response.meta
         job_id, bucket = meta["job_id"], meta["bucket"]
         yield RepairItem(
