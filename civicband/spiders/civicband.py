@@ -218,20 +218,32 @@ class CivicbandSpider(StoreSpider):
         if job_id is not None:
             self.active[job_id] = cursor
             self.queued()[str(job_id)] = cursor
-        return Request(
+        return self._source_request(
             datasette.table_url(root, document_type, self.batch_size, cursor),
-            callback=self.parse_page,
-            errback=self.page_failed,
+            self.parse_page,
+            self.page_failed,
+            REDIRECTS,
+            job_id=job_id,
+            subdomain=subdomain,
+            document_type=document_type,
+            cursor=cursor,
+        )
+
+    def _source_request(
+        self, url: str, callback: Any, errback: Any, statuses: list[int], **meta: Any
+    ) -> Request:
+        """Every request to a site: honest headers, the shared slot, redirects seen not followed."""
+        return Request(
+            url,
+            callback=callback,
+            errback=errback,
             headers=self.headers,
             dont_filter=True,
             meta={
-                "job_id": job_id,
-                "subdomain": subdomain,
-                "document_type": document_type,
-                "cursor": cursor,
+                **meta,
                 "download_slot": self.download_slot,
                 "dont_redirect": True,
-                "handle_httpstatus_list": REDIRECTS,
+                "handle_httpstatus_list": statuses,
             },
         )
 
@@ -294,21 +306,15 @@ class CivicbandSpider(StoreSpider):
         """The source's own count for verification, through the engine like any page."""
         dialect = self.dialects.get(subdomain, "1.0")
         root = datasette.site_root(self.site_url, subdomain)
-        return Request(
+        return self._source_request(
             datasette.count_url(root, document_type, dialect),
-            callback=self.parse_count,
-            errback=self.count_failed,
-            headers=self.headers,
-            dont_filter=True,
-            meta={
-                "job_id": job_id,
-                "subdomain": subdomain,
-                "document_type": document_type,
-                "dialect": dialect,
-                "download_slot": self.download_slot,
-                "dont_redirect": True,
-                "handle_httpstatus_list": [*REDIRECTS, 400, 500, 502, 503, 504],
-            },
+            self.parse_count,
+            self.count_failed,
+            [*REDIRECTS, 400, 500, 502, 503, 504],
+            job_id=job_id,
+            subdomain=subdomain,
+            document_type=document_type,
+            dialect=dialect,
         )
 
     async def parse_count(self, response: Response) -> AsyncIterator[Any]:
@@ -359,23 +365,17 @@ class CivicbandSpider(StoreSpider):
         """A read-only SQL query for repair, in the site's Datasette dialect."""
         dialect = self.dialects.get(subdomain, "1.0")
         root = datasette.site_root(self.site_url, subdomain)
-        return Request(
+        return self._source_request(
             datasette.sql_url(root, dialect, sql, **{k: str(v) for k, v in params.items()}),
-            callback=callback,
-            errback=self.repair_failed,
-            headers=self.headers,
-            dont_filter=True,
-            meta={
-                "job_id": job_id,
-                "subdomain": subdomain,
-                "document_type": document_type,
-                "dialect": dialect,
-                "sql": sql,
-                "params": params,
-                "download_slot": self.download_slot,
-                "dont_redirect": True,
-                "handle_httpstatus_list": [400],
-            },
+            callback,
+            self.repair_failed,
+            [400],
+            job_id=job_id,
+            subdomain=subdomain,
+            document_type=document_type,
+            dialect=dialect,
+            sql=sql,
+            params=params,
         )
 
     def _sql_rows(self, response: Response) -> tuple[list[dict[str, Any]] | None, Any]:
