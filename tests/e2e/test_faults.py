@@ -121,7 +121,9 @@ def test_html_truncated_json_and_a_hang_are_retried(database_url, source):
         assert gaps(tries)[0] >= 0.2
     tries = hits(source, hung)
     assert len(tries) == 2
-    assert gaps(tries)[0] >= 2 + 0.2  # DOWNLOAD_TIMEOUT, then the backoff
+    # DOWNLOAD_TIMEOUT, then the backoff. The timeout runs from when Scrapy sends the request
+    # while the log records when the server received it, a few ms later: allow for that.
+    assert gaps(tries)[0] >= 2 + 0.2 - 0.05
 
 
 @pytest.mark.datasette("ds10")
