@@ -137,11 +137,6 @@ def parse_table_page(body: bytes) -> TablePage:
 SQL_PATHS = {"1.0": "/-/query.json", "0.65": ".json"}
 
 
-def dialect_of(body_json_keys: set[str]) -> str:
-    """Tell the Datasette line from a table page: 1.0 says `ok`, 0.65 does not."""
-    return "1.0" if "ok" in body_json_keys else "0.65"
-
-
 def count_url(root: str, document_type: str, dialect: str) -> str:
     """An exact count by SQL: index-only, unlike 1.0's `_extra=count`, which stops at 10,001."""
     table = DOCUMENT_TABLES[document_type]
@@ -164,7 +159,7 @@ def parse_count(body: bytes) -> int | None:
 
 def dialect_of_body(body: bytes) -> str:
     """The Datasette line of a table page: 1.0's JSON opens with `ok`, 0.65's with `database`."""
-    return dialect_of({"ok"} if body.lstrip()[:8].startswith(b'{"ok"') else set())
+    return "1.0" if body.lstrip()[:8].startswith(b'{"ok"') else "0.65"
 
 
 def sql_url(root: str, dialect: str, sql: str, **params: str) -> str:

@@ -8,7 +8,6 @@ from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg import sql
 
 MIGRATIONS_LOCK = 0x63697669  # "civi": one migrator at a time across processes
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
@@ -119,8 +118,3 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.Error as error:
         raise DatabaseError(f"cannot connect to {redact(url)}: {one_line(error)}") from None
-
-
-def identifier(name: str) -> sql.Identifier:
-    """Quote a table or column name; the only way names reach SQL text."""
-    return sql.Identifier(name)

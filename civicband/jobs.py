@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -63,13 +63,6 @@ async def finish_job(
         },
     )
     return cursor.rowcount == 1
-
-
-async def get_job(conn: psycopg.AsyncConnection, job_id: int) -> dict[str, Any] | None:
-    """One job row as a dict."""
-    cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
-    await cursor.execute(query("get_job"), {"job_id": job_id})
-    return await cursor.fetchone()
 
 
 @dataclass(frozen=True)

@@ -106,9 +106,6 @@ UPDATE backfill_jobs
        retry_count = retry_count + %(retry_increment)s, modified = now()
  WHERE id = %(job_id)s AND status = 'running'
 
--- name: get_job
-SELECT * FROM backfill_jobs WHERE id = %(job_id)s
-
 -- name: lock_site_type
 -- Claimers of one (site, type) take turns, across processes, until their transaction ends.
 SELECT pg_advisory_xact_lock(%(class)s, hashtext(%(subdomain)s || '/' || %(document_type)s))
