@@ -1,9 +1,15 @@
-"""schema.sql and the ordered migrations must describe the same database."""
+"""schema.sql and the ordered migrations must describe the same database.
+
+The agreement test and the shipping test take the SQL from the built wheel (tests/artefacts.py),
+so they check what pip installs, not the checkout.
+"""
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from civicband import db
+from tests import artefacts
 
 CATALOG = """
 SELECT 'column', c.relname || '.' || a.attname,
@@ -33,11 +39,27 @@ def _catalog(conn: psycopg.Connection, schema: str) -> list[tuple[str, str, str]
     return conn.execute(CATALOG, {"schema": schema}).fetchall()
 
 
-def test_migrations_and_schema_agree(database_url):
+@pytest.fixture(scope="session")
+def wheel(pytestconfig, tmp_path_factory) -> artefacts.Artefact:
+    return artefacts.wheel(pytestconfig, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def wheel_sql(pytestconfig, wheel) -> dict:
+    """schema_sql(), migration_files() and queries() of civicband imported from the wheel."""
+    return artefacts.load_from(pytestconfig, wheel)
+
+
+def test_migrations_and_schema_agree(database_url, wheel_sql):
+    def apply_migrations(conn: psycopg.Connection) -> None:
+        for _version, _name, text in wheel_sql["migrations"]:
+            conn.execute(text)
+
+    assert wheel_sql["migrations"], "the wheel ships no migrations"
     with psycopg.connect(database_url) as conn:
         for schema, apply in (
-            ("by_migrations", db.apply_migrations_only),
-            ("by_schema", lambda c: c.execute(db.schema_sql())),
+            ("by_migrations", apply_migrations),
+            ("by_schema", lambda c: c.execute(wheel_sql["schema"])),
         ):
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
@@ -72,7 +94,5 @@ def test_old_database_gets_only_missing_migrations(database_url):
         assert db.migrate(conn) == [v for v, _, _ in db.migration_files() if v > 1]
 
 
-def test_sql_files_ship_inside_the_package():
-    assert "upsert_pages" in db.queries()
-    assert db.migration_files()[0][0] == 1
-    assert "CREATE TABLE meeting_pages" in db.schema_sql()
+def test_sql_files_ship_inside_the_package(wheel, wheel_sql):
+    artefacts.check_sql_came_from(wheel, wheel_sql)
