@@ -153,7 +153,10 @@ class Lookalike:
             "status": None,
             "fault": None,
             "forwarded_query": None,
-            "time": time.time(),
+            "time": time.monotonic(),  # same clock as the tests' time.monotonic() (Linux)
+            "wall": time.time(),
+            "bytes": 0,
+            "done": None,
         }
         self.log.append(entry)
 
@@ -161,6 +164,10 @@ class Lookalike:
             if msg["type"] == "http.response.start":
                 entry["status"] = msg["status"]
             await send(msg)
+            if msg["type"] == "http.response.body":
+                entry["bytes"] += len(msg.get("body", b""))
+                if not msg.get("more_body"):
+                    entry["done"] = time.monotonic()
 
         await self.guarded(scope, receive, logged_send, headers, entry)
 

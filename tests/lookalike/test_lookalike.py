@@ -382,6 +382,8 @@ def test_fault_hang(source: Source) -> None:
     start = time.monotonic()
     assert fetch(f"{site.url}/meetings/agendas.json")[0] == 200
     assert time.monotonic() - start >= 0.4
+    (delayed,) = source.requests()
+    assert delayed["done"] - delayed["time"] >= 0.4
     source.faults.add(match="agendas", action="hang")
     outcome: list[BaseException] = []
 
@@ -451,8 +453,28 @@ def test_request_log(source: Source) -> None:
         ("GET", f"/{site.subdomain}/meetings/minutes.json", "", 500, "status"),
     ]
     assert log[0]["headers"]["user-agent"] == UA and log[0]["headers"]["x-service-secret"] == "k"
+    assert set(log[0]) == {
+        *("method", "path", "query", "headers", "status", "fault", "forwarded_query"),
+        *("time", "wall", "bytes", "done"),
+    }
     source.clear_requests()
     assert source.requests() == []
+
+
+def test_request_log_clocks_and_bytes(source: Source) -> None:
+    """`time`/`done` are monotonic (comparable with ours), `wall` is epoch, `bytes` as sent."""
+    site = source.create_site(20, 20)
+    mono, wall = time.monotonic(), time.time()
+    _, _, full = fetch(f"{site.url}/meetings/agendas.json?_sort=id")
+    mono_after, wall_after = time.monotonic(), time.time()
+    source.faults.add(match="minutes", action="truncate")
+    _, _, cut = fetch(f"{site.url}/meetings/minutes.json?_sort=id")
+    first, second = source.requests()
+    assert mono <= first["time"] <= first["done"] <= mono_after
+    assert wall <= first["wall"] <= wall_after
+    assert first["bytes"] == len(full) > 1000
+    assert second["bytes"] == len(cut) and second["fault"] == "truncate"
+    assert first["done"] <= second["time"] <= second["done"]
 
 
 def test_site_url_template(source: Source) -> None:
