@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -88,6 +89,20 @@ def is_v1(source: Source) -> bool:
     return source.version.startswith("1.")
 
 
+def wait_for_log(
+    source: Source, ready: Callable[[list[dict[str, Any]]], bool], timeout: float = 5
+) -> list[dict[str, Any]]:
+    """Poll the server's request log until `ready(log)`; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = source.requests()
+        if ready(log):
+            return log
+        if time.monotonic() > deadline:
+            pytest.fail(f"request log never got ready: {log}")
+        time.sleep(0.01)
+
+
 # ---- paging, counting, shapes -----------------------------------------------------------------
 
 
@@ -127,12 +142,35 @@ def test_table_page_shape(source: Source) -> None:
 
 
 def test_default_sort_is_date_descending(source: Source) -> None:
-    """Without _sort, tables come sorted by date descending (civic.band's sort_desc)."""
-    site = source.create_site(40, 0)
+    """Without _sort, tables come sorted by date descending, `next` is "<date>,<id>"."""
+    site = source.create_site(45, 0)
     _, doc = get_json(f"{site.url}/meetings/agendas.json?_size=40")
-    dates = [r["date"] for r in rows_of(doc)]
+    rows = rows_of(doc)
+    assert len(rows) == 40
+    dates = [r["date"] for r in rows]
     assert dates == sorted(dates, reverse=True)
-    assert "," in doc["next"] if doc["next"] else True
+    assert doc["next"] == f"{rows[-1]['date']},{rows[-1]['id']}"
+
+
+def test_default_sort_paging_breaks_on_ties(source: Source) -> None:
+    """Default-sort paging repeats and skips rows when a page ends inside one date."""
+    # The first page is `order by date desc`, later ones `order by date desc, id` keyed on
+    # `id > :last`: ties come back in rowid order on page one and id order after it.
+    same_day = [
+        {"id": f"{c * 12}", "meeting": "M", "date": "2024-01-02", "page": 1, "text": c}
+        for c in "fedcba"  # inserted in descending id order: ties come back in rowid order
+    ]
+    site = source.create_site(same_day, 0)
+    seen: list[str] = []
+    url = f"{site.url}/meetings/agendas.json?_size=3"
+    _, doc = get_json(url)
+    seen += [r["id"] for r in rows_of(doc)]
+    _, doc = get_json(f"{url}&_next={quote(doc['next'])}")
+    seen += [r["id"] for r in rows_of(doc)]
+    assert seen == ["ffffffffffff", "eeeeeeeeeeee", "dddddddddddd", "eeeeeeeeeeee", "ffffffffffff"]
+    assert doc["next"] is None  # aaaa…, bbbb… and cccc… are never served
+    rows, _ = page_all(site.url, "agendas", 3)
+    assert sorted(r["id"] for r in rows) == sorted(site.ids("agendas"))
 
 
 def test_legacy_site_lacks_json_columns(source: Source) -> None:
@@ -395,13 +433,21 @@ def test_fault_hang(source: Source) -> None:
 
     t = threading.Thread(target=hung)
     t.start()
-    time.sleep(0.2)
+    log = wait_for_log(source, lambda log: len(log) == 2)  # the hung request has arrived
+    assert (log[1]["fault"], log[1]["status"], log[1]["bytes"], log[1]["done"]) == (
+        "hang",
+        None,
+        0,
+        None,
+    )
     start = time.monotonic()
     assert fetch(f"{site.url}/meetings/minutes.json")[0] == 200
     assert time.monotonic() - start < 1.5  # not held up by the hung request
     t.join()
     assert len(outcome) == 1 and "timed out" in str(outcome[0])
-    assert [r["status"] for r in source.requests()] == [200, None, 200]
+    log = source.requests()
+    assert [r["status"] for r in log] == [200, None, 200]
+    assert log[1]["done"] is None and log[1]["bytes"] == 0
 
 
 def test_fault_ratelimit(source: Source) -> None:
@@ -478,8 +524,18 @@ def test_request_log_clocks_and_bytes(source: Source) -> None:
 
 
 def test_site_url_template(source: Source) -> None:
-    """site_url is the CIVICBAND_SITE_URL value; index_url the CIVICBAND_INDEX_URL one."""
-    site = source.create_site(1, 0)
-    assert source.site_url.format(subdomain=site.subdomain) == site.url
-    assert source.index_url == source.base_url + "/"
-    assert get_json(site.url + "/meetings/agendas.json")[0] == 200
+    """site_url (CIVICBAND_SITE_URL) reaches each site's own data; unknown names go to index_url."""
+    site = source.create_site(3, 2)
+    other = source.create_site(4, 0)
+    for s in (site, other):  # different rows each: a mixed-up route shows
+        url = source.site_url.format(subdomain=s.subdomain)
+        rows, _ = page_all(url, "agendas", 100)
+        assert sorted(r["id"] for r in rows) == sorted(s.ids("agendas"))
+    sql = "select count(*) as n from minutes"
+    _, doc = get_json(count_url(source, source.site_url.format(subdomain=site.subdomain), sql))
+    assert rows_of(doc) == [{"n": 2}]
+    unknown = source.site_url.format(subdomain="nosuch-site.ca")
+    status, headers, _ = fetch(unknown + "/meetings/agendas.json")
+    assert status == 302 and headers["location"] == source.index_url
+    status, _, body = fetch(source.index_url)
+    assert status == 200 and f'data-umami-event-subdomain="{site.subdomain}"'.encode() in body
