@@ -84,8 +84,13 @@ def make_rows(
     seed: int | str = 0,
     text_size: int = 200,
     start_date: str = "2020-01-06",
+    hostile: bool = False,
 ) -> list[dict[str, Any]]:
-    """Return `n` deterministic rows for table `kind` ("agendas" or "minutes"), unique ids."""
+    """Return `n` deterministic rows for table `kind` ("agendas" or "minutes"), unique ids.
+
+    hostile=True mixes in the HOSTILE_CATEGORIES (see hostile_rows); the default output never
+    changes, because other tests and benchmarks depend on it byte for byte.
+    """
     assert kind in TABLES, kind
     rng = random.Random(f"{kind}:{seed}")
     day = dt.date.fromisoformat(start_date)
@@ -116,7 +121,111 @@ def make_rows(
                     "votes_json": _votes(rng),
                 }
             )
-    return rows
+    return hostile_rows(kind, rows, seed=seed) if hostile else rows
+
+
+# ---- hostile rows ---------------------------------------------------------------------------
+
+# 🏛️ (astral, with VS16) and 👩‍⚖️ (ZWJ sequence); written as escapes so the source stays ASCII.
+CLASSICAL_BUILDING = "\U0001f3db\ufe0f"
+JUDGE = "\U0001f469\u200d\u2696\ufe0f"
+# What each text category inserts between the words of a page's text.
+HOSTILE_SNIPPETS = {
+    "astral_emoji": f" {CLASSICAL_BUILDING} {JUDGE} ",
+    "rtl": " \u0645\u062c\u0644\u0633 \u0627\u0644\u0645\u062f\u064a\u0646\u0629 \u2014 "
+    "\u05de\u05d5\u05e2\u05e6\u05ea \u05d4\u05e2\u05d9\u05e8 ",
+    "combining": " cafe\u0301 Zoe\u0308 ",
+    "tab": " item\t4\tb ",
+    "crlf": " Motion:\r\nSeconded:\r\n ",
+    "lone_cr": " carried\runanimously ",
+    "backslash": " C:\\agenda\\item\\n 3\\ ",
+    "single_quote": " Mayor's 'consent' item ",
+    "double_quote": ' the "Brown Act" ',
+    "nul_text": " a\x00b ",
+}
+MEETING_SUFFIX = f" \u2014 S\u00e9ance sp\u00e9ciale {CLASSICAL_BUILDING} \u00abCabildo\u00bb"
+ESCAPED_NAME = f"Jos\u00e9 N\u00fa\u00f1ez {CLASSICAL_BUILDING} O\x00Brien"  # all escaped
+NON_ASCII_NAME = f"Nguy\u1ec5n {JUDGE} \u0645\u062c\u0644\u0633"  # kept raw (ensure_ascii=False)
+LONG_TEXT_SIZE = 200_000
+LONG_ROWS = 3
+# Every category hostile rows cover (each at least once when n >= len(HOSTILE_CATEGORIES)):
+# HOSTILE_SNIPPETS in `text`; long_text (LONG_ROWS rows of ~LONG_TEXT_SIZE characters);
+# nul_meeting / unicode_meeting in `meeting` (page_image follows the meeting);
+# nul_page_image; and in both entities_json and votes_json: json_escapes (\u00e9,
+# \ud83c\udfdb surrogate pairs and \u0000 as JSON escapes), json_non_ascii (raw UTF-8)
+# and nul_json (a raw NUL inside a JSON string: only json.loads(strict=False) reads it).
+HOSTILE_CATEGORIES = (
+    *HOSTILE_SNIPPETS,
+    "long_text",
+    "nul_meeting",
+    "unicode_meeting",
+    "nul_page_image",
+    "json_escapes",
+    "json_non_ascii",
+    "nul_json",
+)
+_ROTATION = tuple(c for c in HOSTILE_CATEGORIES if c != "long_text")
+
+
+def _json_items(cats: set[str]) -> list[str]:
+    """Return JSON string literals, each encoded the way its category asks."""
+    items = []
+    if "json_escapes" in cats:  # ensure_ascii: \u00e9, \ud83c\udfdb\ufe0f, \u0000 escapes
+        items.append(json.dumps(ESCAPED_NAME))
+    if "json_non_ascii" in cats:
+        items.append(json.dumps(NON_ASCII_NAME, ensure_ascii=False))
+    if "nul_json" in cats:
+        items.append(json.dumps("Gar\x00cia").replace("\\u0000", "\x00"))
+    return items
+
+
+def _hostile_row(kind: str, row: dict[str, Any], cats: set[str], rng: random.Random) -> dict:
+    """Return a copy of `row` carrying the hostile categories `cats` (id not yet recomputed)."""
+    row = dict(row)
+    text = _text(rng, LONG_TEXT_SIZE) if "long_text" in cats else row["text"]
+    snippets = [HOSTILE_SNIPPETS[c] for c in HOSTILE_SNIPPETS if c in cats]
+    # Positions index the base text and are applied right to left, so no snippet splits another.
+    spots = sorted((rng.randint(0, len(text)) for _ in snippets), reverse=True)
+    for spot, snippet in zip(spots, snippets, strict=True):
+        text = text[:spot] + snippet + text[spot:]
+    row["text"] = text
+    if "unicode_meeting" in cats:
+        row["meeting"] += MEETING_SUFFIX
+    if "nul_meeting" in cats:
+        row["meeting"] = row["meeting"].replace(" ", "\x00 ", 1)
+    row["page_image"] = page_image(kind, row["meeting"], row["date"], row["page"])
+    if "nul_page_image" in cats:
+        row["page_image"] = row["page_image"].replace(".png", "\x00.png")
+    items = _json_items(cats)
+    if items:
+        persons = ", ".join(items)
+        row["entities_json"] = f'{{"persons": [{persons}], "orgs": [], "locations": []}}'
+        votes = ", ".join(f'{{"motion": {i}, "result": "passed"}}' for i in items)
+        row["votes_json"] = f'{{"votes": [{votes}]}}'
+    return row
+
+
+def hostile_rows(kind: str, rows: list[dict[str, Any]], *, seed: int | str = 0) -> list[dict]:
+    """Return `rows` with hostile text spread over them by `seed`; ids recomputed, still unique.
+
+    Row i always gets category _ROTATION[i % len], plus each other one with probability 0.15;
+    LONG_ROWS rows (chosen by seed) get ~LONG_TEXT_SIZE characters of text. `id` and `date`
+    stay clean: ids are row_id(kind, meeting, date, page, text) of the hostile values.
+    """
+    rng = random.Random(f"hostile:{kind}:{seed}")
+    longs = set(rng.sample(range(len(rows)), min(LONG_ROWS, len(rows))))
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, base in enumerate(rows):
+        cats = {_ROTATION[i % len(_ROTATION)]} | {c for c in _ROTATION if rng.random() < 0.15}
+        if i in longs:
+            cats.add("long_text")
+        row = _hostile_row(kind, base, cats, rng)
+        while (rid := row_id(kind, row["meeting"], row["date"], row["page"], row["text"])) in seen:
+            row["text"] += " "
+        seen.add(rid)
+        out.append({"id": rid, **{k: v for k, v in row.items() if k != "id"}})
+    return out
 
 
 def make_digit_id_rows(

@@ -163,22 +163,25 @@ class Site:
         *,
         legacy: bool = False,
         seed: Any = None,
+        hostile: bool = False,
     ) -> None:
         """Replace both tables (a re-processed site), then drop the server's cached app."""
         seed = f"{self.subdomain}:rebuild:{next(_names)}" if seed is None else seed
         data.write_site(
             self.source.root,
             self.subdomain,
-            _rows("agendas", agendas, seed),
-            _rows("minutes", minutes, seed),
+            _rows("agendas", agendas, seed, hostile),
+            _rows("minutes", minutes, seed, hostile),
             legacy=legacy,
         )
         self.source.reload()
 
 
-def _rows(table: str, rows: RowsArg, seed: Any) -> list[dict[str, Any]]:
-    """Generate `rows` rows if it is an int, else return it."""
-    return data.make_rows(table, rows, seed=seed) if isinstance(rows, int) else rows
+def _rows(table: str, rows: RowsArg, seed: Any, hostile: bool = False) -> list[dict[str, Any]]:
+    """Generate `rows` rows (hostile ones if asked) if it is an int, else return it."""
+    if isinstance(rows, int):
+        return data.make_rows(table, rows, seed=seed, hostile=hostile)
+    return rows
 
 
 class Source:
@@ -201,15 +204,16 @@ class Source:
         subdomain: str | None = None,
         legacy: bool = False,
         meta: dict[str, Any] | None = None,
+        hostile: bool = False,
     ) -> Site:
-        """Write a site (ints are generated rows, lists are inserted verbatim) and return it."""
+        """Write a site (ints: generated rows, hostile if asked; lists: verbatim); return it."""
         subdomain = subdomain or f"t{next(_names)}-{secrets.token_hex(2)}.ca"
         seed = subdomain
         data.write_site(
             self.root,
             subdomain,
-            _rows("agendas", agendas, seed),
-            _rows("minutes", minutes, seed),
+            _rows("agendas", agendas, seed, hostile),
+            _rows("minutes", minutes, seed, hostile),
             legacy=legacy,
         )
         if meta is not None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import re
 import threading
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -288,6 +291,109 @@ def test_hostile_rows_are_served(source: Source) -> None:
     assert set(got) == {None, "aaaaaaaaaaaa", "bbbbbbbbbbbb"}
     assert got["aaaaaaaaaaaa"]["text"] == "a\x00b"
     assert got["bbbbbbbbbbbb"]["entities_json"] == "{bad"
+
+
+# ---- hostile text -----------------------------------------------------------------------------
+
+# Golden sha256 of json.dumps(make_rows(...)) for the default (hostile=False) generator.
+DEFAULT_ROWS_SHA256 = {
+    ("agendas", 300, 7): "bd8e68f4555828bbaff3d4bbf7a024c1d652a71f0d11684fe357e5d26d77b65f",
+    ("minutes", 50, "x"): "2f7e932bbd91e9e18ebf5ee605fbc48b9a5ea5b37cedb4b8332efeeb1ba2560e",
+}
+
+
+def _json_texts(row: dict[str, Any]) -> tuple[str, str]:
+    """Return a row's (entities_json, votes_json), '' for NULL."""
+    return row.get("entities_json") or "", row.get("votes_json") or ""
+
+
+def _both_json(row: dict[str, Any], test: Callable[[str], bool]) -> bool:
+    """Whether `test` holds for both JSON columns of a row."""
+    return all(test(t) for t in _json_texts(row))
+
+
+def _has_script(text: str, low: str, high: str) -> bool:
+    """Whether text holds a character in [low, high]."""
+    return any(low <= c <= high for c in text)
+
+
+# How to recognise each hostile category in a row, independently of how data.py makes it.
+HOSTILE_CHECKS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "astral_emoji": lambda r: any(ord(c) > 0xFFFF for c in r["text"]) and "\u200d" in r["text"],
+    "rtl": lambda r: (
+        _has_script(r["text"], "\u0600", "\u06ff") and _has_script(r["text"], "\u0590", "\u05ff")
+    ),
+    "combining": lambda r: any(unicodedata.combining(c) for c in r["text"]),
+    "tab": lambda r: "\t" in r["text"],
+    "crlf": lambda r: "\r\n" in r["text"],
+    "lone_cr": lambda r: re.search("\r(?!\n)", r["text"]) is not None,
+    "backslash": lambda r: "\\" in r["text"],
+    "single_quote": lambda r: "'" in r["text"],
+    "double_quote": lambda r: '"' in r["text"],
+    "nul_text": lambda r: "\x00" in r["text"],
+    "long_text": lambda r: len(r["text"]) >= 200_000,
+    "nul_meeting": lambda r: "\x00" in r["meeting"],
+    "unicode_meeting": lambda r: not r["meeting"].isascii(),
+    "nul_page_image": lambda r: "\x00" in r["page_image"],
+    "json_escapes": lambda r: _both_json(r, lambda t: "\\u00e9" in t and "\\ud83c\\udfdb" in t),
+    "json_non_ascii": lambda r: _both_json(r, lambda t: not t.isascii()),
+    "nul_json": lambda r: _both_json(r, lambda t: "\x00" in t),
+}
+
+
+def hostile_found(rows: list[dict[str, Any]]) -> set[str]:
+    """Return the hostile categories present somewhere in rows."""
+    return {name for name, check in HOSTILE_CHECKS.items() if any(check(r) for r in rows)}
+
+
+def test_default_rows_unchanged() -> None:
+    """hostile=False output stays byte-identical (other tests and benchmarks depend on it)."""
+    for (kind, n, seed), digest in DEFAULT_ROWS_SHA256.items():
+        rows = data.make_rows(kind, n, seed=seed)
+        assert hashlib.sha256(json.dumps(rows).encode()).hexdigest() == digest
+        assert data.make_rows(kind, n, seed=seed, hostile=False) == rows
+
+
+def test_hostile_rows_cover_every_category() -> None:
+    """hostile=True spreads every category over the rows; id and date stay clean and hashed."""
+    assert set(HOSTILE_CHECKS) == set(data.HOSTILE_CATEGORIES)
+    for kind in data.TABLES:
+        rows = data.make_rows(kind, len(data.HOSTILE_CATEGORIES), seed="cover", hostile=True)
+        assert hostile_found(rows) == set(data.HOSTILE_CATEGORIES), kind
+        assert sum(len(r["text"]) >= 200_000 for r in rows) == data.LONG_ROWS
+        assert len({r["id"] for r in rows}) == len(rows)
+        for r in rows:
+            assert re.fullmatch("[0-9a-f]{12}", r["id"]), r["id"]
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d", r["date"]), r["date"]
+            assert r["id"] == data.row_id(kind, r["meeting"], r["date"], r["page"], r["text"])
+            for text in filter(None, _json_texts(r)):
+                json.loads(text, strict=False)  # valid JSON, if raw NULs are allowed
+        escaped = next(r for r in rows if HOSTILE_CHECKS["json_escapes"](r))
+        assert data.ESCAPED_NAME in json.loads(escaped["entities_json"])["persons"]
+    plain = data.make_rows("agendas", 40, seed="cover")
+    assert hostile_found(plain) == set()
+    again = data.make_rows("agendas", 40, seed="cover", hostile=True)
+    assert again == data.make_rows("agendas", 40, seed="cover", hostile=True)
+    assert again != data.make_rows("agendas", 40, seed="other", hostile=True)
+
+
+def test_hostile_site_round_trips_exactly(source: Source) -> None:
+    """Every hostile value comes back exactly through table pages and SQL on both lines."""
+    n = len(data.HOSTILE_CATEGORIES) + 4  # 21 rows: 5 pages of _size=5, the last one short
+    site = source.create_site(n, n, hostile=True)
+    for table in data.TABLES:
+        stored = site.rows(table)
+        assert stored == data.make_rows(table, n, seed=site.subdomain, hostile=True)
+        assert hostile_found(stored) == set(data.HOSTILE_CATEGORIES)
+        by_id = sorted(stored, key=lambda r: r["id"])
+        served, requests = page_all(site.url, table, 5)
+        assert requests == 5
+        assert served == by_id
+        sql = f"select * from {table} order by id"
+        _, doc = get_json(count_url(source, site.url, sql))
+        assert doc["truncated"] is False and rows_of(doc) == by_id
+    _, _, body = fetch(f"{site.url}/meetings/agendas.json?_sort=id&_size=1000")
+    assert b"\\u0000" in body and b"\x00" not in body
 
 
 # ---- the web around the sites -----------------------------------------------------------------
