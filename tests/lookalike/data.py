@@ -312,11 +312,23 @@ def write_site(
     return path
 
 
+# site.json keys server.py hands to the site's Datasette as settings (when present).
+SITE_SETTINGS = ("max_returned_rows", "sql_time_limit_ms", "default_page_size")
+
+
 def write_meta(root: Path, subdomain: str, meta: dict[str, Any]) -> None:
-    """Write root/<subdomain>/site.json (name, state, kind, country, last_updated)."""
+    """Write a site's site.json (index fields, SITE_SETTINGS) whole, so no reader sees half."""
     path = Path(root) / subdomain / "site.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta))
+    tmp.replace(path)
+
+
+def read_meta(root: Path, subdomain: str) -> dict[str, Any]:
+    """Return root/<subdomain>/site.json ({} when the site has none)."""
+    path = Path(root) / subdomain / "site.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def add_rows(root: Path, subdomain: str, table: str, rows: list[dict[str, Any]]) -> None:

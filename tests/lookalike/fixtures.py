@@ -176,6 +176,22 @@ class Site:
         )
         self.source.reload()
 
+    def settings(self) -> dict[str, Any]:
+        """Return the Datasette settings this site's site.json overrides (data.SITE_SETTINGS)."""
+        meta = data.read_meta(self.source.root, self.subdomain)
+        return {k: meta[k] for k in data.SITE_SETTINGS if k in meta}
+
+    def configure(self, **settings: int | None) -> None:
+        """Override this site's Datasette settings in site.json (None: default); rebuild its app."""
+        unknown = set(settings) - set(data.SITE_SETTINGS)
+        if unknown:
+            raise TypeError(f"unknown site settings {sorted(unknown)}; use {data.SITE_SETTINGS}")
+        meta = data.read_meta(self.source.root, self.subdomain)
+        meta.update(settings)
+        meta = {k: v for k, v in meta.items() if v is not None}
+        data.write_meta(self.source.root, self.subdomain, meta)
+        self.source.reload(self.subdomain)
+
 
 def _rows(table: str, rows: RowsArg, seed: Any, hostile: bool = False) -> list[dict[str, Any]]:
     """Generate `rows` rows (hostile ones if asked) if it is an int, else return it."""
@@ -204,6 +220,7 @@ class Source:
         subdomain: str | None = None,
         legacy: bool = False,
         meta: dict[str, Any] | None = None,
+        settings: dict[str, int] | None = None,
         hostile: bool = False,
     ) -> Site:
         """Write a site (ints: generated rows, hostile if asked; lists: verbatim); return it."""
@@ -216,9 +233,12 @@ class Source:
             _rows("minutes", minutes, seed, hostile),
             legacy=legacy,
         )
-        if meta is not None:
-            data.write_meta(self.root, subdomain, meta)
-        return Site(self, subdomain)
+        site = Site(self, subdomain)
+        if meta is not None or settings:
+            data.write_meta(self.root, subdomain, meta or {})
+        if settings:
+            site.configure(**settings)
+        return site
 
     def ratelimit(
         self,
@@ -239,9 +259,9 @@ class Source:
         """Forget the request log."""
         self.server.control("DELETE", "requests")
 
-    def reload(self) -> None:
-        """Drop cached Datasette apps (they are rebuilt on the next request)."""
-        self.server.control("POST", "reload")
+    def reload(self, subdomain: str | None = None) -> None:
+        """Drop one site's (default: every) cached Datasette app; rebuilt on the next request."""
+        self.server.control("POST", "reload", {"subdomain": subdomain} if subdomain else None)
 
     def reset(self) -> None:
         """Clear faults, rate limit and the request log."""

@@ -27,7 +27,7 @@ from datasette.app import Datasette
 from datasette.version import __version__ as DATASETTE_VERSION
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import count_rows  # noqa: E402
+from data import SITE_SETTINGS, count_rows, read_meta  # noqa: E402
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -43,6 +43,8 @@ BOT_WALL = (
     b"<p>Protected by Anubis.</p></body></html>"
 )
 RATE_LIMIT_MESSAGE = "Rate limit exceeded. Maximum {n} requests per minute."
+# Datasette settings every site gets unless its site.json says otherwise (data.SITE_SETTINGS).
+DEFAULT_SETTINGS = {"max_returned_rows": 1000, "default_page_size": 100}
 # What real Datasette says when a query runs past sql_time_limit_ms (see README.md).
 SQL_INTERRUPTED = (
     "<p>SQL query took too long. The time limit is controlled by the\n"
@@ -319,16 +321,18 @@ class Lookalike:
                 self.apps[sub] = await self.make_app(sub)
         return self.apps[sub]
 
+    def site_settings(self, sub: str) -> dict[str, Any]:
+        """Return the Datasette settings for a site: defaults overridden by its site.json."""
+        meta = read_meta(self.root, sub)
+        settings = {**DEFAULT_SETTINGS, "sql_time_limit_ms": self.sql_time_limit_ms}
+        settings.update({k: int(meta[k]) for k in SITE_SETTINGS if meta.get(k) is not None})
+        return {"base_url": f"/{sub}/", **settings}
+
     async def make_app(self, sub: str) -> App:
-        """Build a Datasette for one site and run its startup."""
+        """Build a Datasette for one site (settings from site.json) and run its startup."""
         tables = {t: {"sort_desc": "date"} for t in ("agendas", "minutes")}
         table_config = {"databases": {"meetings": {"tables": tables}}}
-        settings = {
-            "base_url": f"/{sub}/",
-            "max_returned_rows": 1000,
-            "default_page_size": 100,
-            "sql_time_limit_ms": self.sql_time_limit_ms,
-        }
+        settings = self.site_settings(sub)
         files = [str(self.root / sub / "meetings.db")]
         if IS_V1:
             ds = Datasette(files, settings=settings, config=table_config)
@@ -345,8 +349,7 @@ class Lookalike:
         out = []
         for db in sorted(self.root.glob("*/meetings.db")):
             sub = db.parent.name
-            meta_path = db.parent / "site.json"
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            meta = read_meta(self.root, sub)
             head, _, tail = sub.partition(".")
             out.append(
                 {
@@ -458,7 +461,10 @@ class Lookalike:
             await respond_json(send, 200, self.log)
         elif what == "reload" and method == "POST":
             async with self.lock:
-                self.apps.clear()
+                if data.get("subdomain"):
+                    self.apps.pop(data["subdomain"], None)
+                else:
+                    self.apps.clear()
             await respond_json(send, 200, {"ok": True})
         elif what == "reset" and method == "POST":
             self.faults.clear()

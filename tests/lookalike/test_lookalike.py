@@ -229,6 +229,64 @@ def test_size_above_max_is_400(source: Source) -> None:
     assert status == 200
 
 
+def test_site_max_returned_rows(source: Source) -> None:
+    """A site's own max_returned_rows bounds _size (400 above it) and truncates SQL answers."""
+    site = source.create_site(150, 0, settings={"max_returned_rows": 50})
+    other = source.create_site(150, 0)
+    table = f"{site.url}/meetings/agendas.json?_sort=id"
+    status, doc = get_json(table + "&_size=51")
+    assert status == 400
+    assert doc == {"ok": False, "error": "_size must be <= 50", "status": 400, "title": None}
+    status, doc = get_json(table + "&_size=50")
+    assert status == 200 and len(doc["rows"]) == 50 and doc["next"] is not None
+    assert doc["truncated"] is False
+    _, doc = get_json(count_url(source, site.url, "select id from agendas"))
+    assert len(doc["rows"]) == 50 and doc["truncated"] is True
+    _, doc = get_json(count_url(source, site.url, "select id from agendas limit 50"))
+    assert len(doc["rows"]) == 50 and doc["truncated"] is False
+    _, doc = get_json(count_url(source, other.url, "select id from agendas"))
+    assert len(doc["rows"]) == 150 and doc["truncated"] is False
+    assert site.settings() == {"max_returned_rows": 50}
+
+    # Equal to default_page_size (100), Datasette fetches one more row: 101 rows, truncated.
+    site.configure(max_returned_rows=100)
+    assert get_json(table + "&_size=101")[1]["error"] == "_size must be <= 100"
+    _, doc = get_json(count_url(source, site.url, "select id from agendas"))
+    assert len(doc["rows"]) == 101 and doc["truncated"] is True
+
+    site.configure(max_returned_rows=None)
+    assert site.settings() == {}
+    assert get_json(table + "&_size=1000")[0] == 200
+    with pytest.raises(TypeError):
+        site.configure(max_rows=5)
+
+
+def test_default_page_size_above_max_returned_rows_drops_rows(source: Source) -> None:
+    """Without _size, a page bigger than max_returned_rows is cut short with next = null."""
+    site = source.create_site(150, 0, settings={"max_returned_rows": 50})
+    _, doc = get_json(f"{site.url}/meetings/agendas.json?_sort=id")
+    assert len(doc["rows"]) == 50 and doc["next"] is None
+    assert doc["truncated"] is (not is_v1(source))  # 1.0 does not even say so
+    site.configure(default_page_size=50)
+    _, doc = get_json(f"{site.url}/meetings/agendas.json?_sort=id")
+    assert len(doc["rows"]) == 50 and doc["next"] is not None and doc["truncated"] is False
+
+
+def test_site_sql_time_limit(source: Source) -> None:
+    """A site's own sql_time_limit_ms interrupts what the default 1000 ms lets finish."""
+    medium = "with recursive c(x) as (select 1 union all select x+1 from c where x<500000)"
+    sql = f"{medium} select count(*) as n from c"
+    tight = source.create_site(1, 0, settings={"sql_time_limit_ms": 10})
+    loose = source.create_site(1, 0)
+    status, doc = get_json(count_url(source, tight.url, sql))
+    assert status == 400 and doc["title"] == "SQL Interrupted"
+    status, doc = get_json(count_url(source, loose.url, sql))
+    assert status == 200 and rows_of(doc) == [{"n": 500000}]
+    tight.configure(sql_time_limit_ms=None)
+    status, doc = get_json(count_url(source, tight.url, sql))
+    assert status == 200 and rows_of(doc) == [{"n": 500000}]
+
+
 @pytest.mark.datasette("ds10")
 def test_extra_count_stops_at_10001(source: Source) -> None:
     """On 1.0, ?_extra=count caps at 10001; SQL count is exact."""
