@@ -112,16 +112,43 @@ class ServerPool:
 
 
 class Faults:
-    """Fault rules on the server (see server.py)."""
+    r"""Fault rules on the server, tried in the order added; the first whose regex `match`
+    searches `path?raw_query` and whose `times` is not used up (-1: for ever) applies.
+
+    Actions and their options:
+      status        answer `status` (500) with JSON `body` ({"ok": false, "error": "injected",
+                    "status": N} unless given).
+      html          200 text/html bot-wall page.
+      ratelimit     civic.band's 402; `retry_after` adds a Retry-After header.
+      interrupted   the real Datasette time-limit answer for this line and kind of request.
+      hang          `seconds`: wait, then carry on as usual; without it never answer (until
+                    the client goes away).
+      truncate      the site's real answer (straight from Datasette) cut to half its body,
+                    200 application/json.
+      rewrite_next  the real answer with the JSON body's top-level `next` replaced:
+                    `mode="repeat"` → the request's own `_next` (as Datasette decoded it; a
+                    page requested without `_next` is left alone), or `value=<token>` /
+                    `value=None`. A `next_url` key (0.65, 1.0 `_extra=next_url`) is rewritten
+                    to match: null with next, else the URL with `_next` replaced.
+      rewrite       the real answer with bytes `old` replaced by `new` (UTF-8; every
+                    occurrence, or the first `count`); e.g. old='"text": "' and
+                    new=r'"text": "\ud800' (six characters) plant a lone surrogate escape.
+    rewrite_next and rewrite keep status and headers, fix Content-Length, and pass the request
+    on to the later layers (bot wall, redirect, rate limit) first, rewriting whatever they
+    answer; a non-JSON body or one without `next` is sent unchanged. Rules with an unknown
+    action or missing options are refused when added (ValueError).
+    """
 
     def __init__(self, server: LookalikeServer) -> None:
         self.server = server
 
     def add(self, match: str = "", action: str = "status", times: int = 1, **kw: Any) -> None:
         """Add a rule: regex `match` over path?query, `action`, `times` (-1 forever), options."""
-        self.server.control(
-            "POST", "faults", {"match": match, "action": action, "times": times, **kw}
-        )
+        body = {"match": match, "action": action, "times": times, **kw}
+        try:
+            self.server.control("POST", "faults", body)
+        except urllib.error.HTTPError as err:
+            raise ValueError(json.loads(err.read())["error"]) from None
 
     def clear(self) -> None:
         """Drop every rule."""

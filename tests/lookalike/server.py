@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, parse_qsl, urlencode
 
 import uvicorn
 from datasette.app import Datasette
@@ -43,6 +43,10 @@ BOT_WALL = (
     b"<p>Protected by Anubis.</p></body></html>"
 )
 RATE_LIMIT_MESSAGE = "Rate limit exceeded. Maximum {n} requests per minute."
+FAULT_ACTIONS = (
+    *("status", "html", "ratelimit", "interrupted", "hang", "truncate"),
+    *("rewrite_next", "rewrite"),
+)
 # Datasette settings every site gets unless its site.json says otherwise (data.SITE_SETTINGS).
 DEFAULT_SETTINGS = {"max_returned_rows": 1000, "default_page_size": 100}
 # What real Datasette says when a query runs past sql_time_limit_ms (see README.md).
@@ -183,8 +187,10 @@ class Lookalike:
             if rule["times"] > 0:
                 rule["times"] -= 1
             entry["fault"] = rule["action"]
-            if await self.apply_fault(rule, scope, receive, send):
+            wrapped = await self.apply_fault(rule, scope, receive, send)
+            if wrapped is None:
                 return
+            send = wrapped
         ua = headers.get("user-agent", "")
         if not ua.strip() or "Scrapy" in ua or "Mozilla/" in ua:
             entry["fault"] = entry["fault"] or "botwall"
@@ -217,8 +223,10 @@ class Lookalike:
 
     # ---- faults and access control ------------------------------------------------------------
 
-    async def apply_fault(self, rule: dict, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Carry out a fault; return True when the response has been sent."""
+    async def apply_fault(
+        self, rule: dict, scope: Scope, receive: Receive, send: Send
+    ) -> Send | None:
+        """Carry out a fault; return None once it has answered, else the send to serve through."""
         action = rule["action"]
         if action == "status":
             status = rule.get("status", 500)
@@ -234,14 +242,20 @@ class Lookalike:
         elif action == "hang":
             if rule.get("seconds") is None:
                 await wait_disconnect(receive)
-                return True
+                return None
             await asyncio.sleep(rule["seconds"])
-            return False
+            return send
         elif action == "truncate":
             await self.serve(scope, receive, Truncator(send))
-        else:
+        elif action == "rewrite_next":
+            return BodyRewriter(send, lambda body: rewrite_next(body, rule, scope))
+        elif action == "rewrite":
+            old, new = rule["old"].encode(), rule["new"].encode()
+            count = rule.get("count") or -1
+            return BodyRewriter(send, lambda body: body.replace(old, new, count))
+        else:  # pragma: no cover - check_fault refuses unknown actions
             await respond_json(send, 500, {"error": f"unknown fault action {action!r}"})
-        return True
+        return None
 
     def trusted(self, headers: dict[str, str]) -> bool:
         """Whether the request carries the configured service secret."""
@@ -440,7 +454,11 @@ class Lookalike:
         if what == "health":
             await respond_json(send, 200, {"ok": True, "datasette": DATASETTE_VERSION})
         elif what == "faults" and method == "POST":
-            rule = {"times": 1, **data}
+            rule = {"times": 1, "match": "", **data}
+            problem = check_fault(rule)
+            if problem:
+                await respond_json(send, 400, {"ok": False, "error": problem})
+                return
             rule["re"] = re.compile(rule["match"])
             self.faults.append(rule)
             await respond_json(send, 200, {"ok": True})
@@ -496,6 +514,100 @@ class Truncator:
         hdrs.append((b"content-length", str(len(cut)).encode()))
         await self.send({"type": "http.response.start", "status": 200, "headers": hdrs})
         await self.send({"type": "http.response.body", "body": cut})
+
+
+class BodyRewriter:
+    """An ASGI send wrapper that sends `edit(body)` with the real status, headers and length."""
+
+    def __init__(self, send: Send, edit: Callable[[bytes], bytes]) -> None:
+        self.send = send
+        self.edit = edit
+        self.body = b""
+
+    async def __call__(self, msg: Message) -> None:
+        """Collect the response; emit the edited body at the end."""
+        if msg["type"] == "http.response.start":
+            self.start = msg
+            return
+        if msg["type"] != "http.response.body":
+            await self.send(msg)
+            return
+        self.body += msg.get("body", b"")
+        if msg.get("more_body"):
+            return
+        body = self.edit(self.body)
+        drop = (b"content-length", b"transfer-encoding")
+        hdrs = [(k, v) for k, v in self.start["headers"] if k.lower() not in drop]
+        hdrs.append((b"content-length", str(len(body)).encode()))
+        await self.send({**self.start, "headers": hdrs})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+def check_fault(rule: dict[str, Any]) -> str | None:
+    """Return why a fault rule is unusable (None if fine), so mistakes fail when added."""
+    action = rule.get("action")
+    if action not in FAULT_ACTIONS:
+        return f"unknown fault action {action!r}; known: {', '.join(FAULT_ACTIONS)}"
+    try:
+        re.compile(rule["match"])
+    except (re.error, TypeError) as exc:
+        return f"bad match {rule['match']!r}: {exc}"
+    if not isinstance(rule["times"], int):
+        return "times must be an integer (-1 for ever)"
+    if action == "rewrite_next" and rule.get("mode") != "repeat" and "value" not in rule:
+        return 'rewrite_next needs mode "repeat" or a value (a token or null)'
+    if action == "rewrite_next" and not isinstance(rule.get("value"), str | None):
+        return "rewrite_next value must be a string or null"
+    if action == "rewrite":
+        if not isinstance(rule.get("old"), str) or not rule["old"]:
+            return "rewrite needs old, a non-empty string"
+        if not isinstance(rule.get("new"), str):
+            return "rewrite needs new, a string"
+        try:
+            rule["old"].encode(), rule["new"].encode()
+        except UnicodeEncodeError:
+            return r"rewrite old/new must be UTF-8 text (send a lone surrogate as \ud800, 6 chars)"
+        count = rule.get("count")
+        if count is not None and (not isinstance(count, int) or count < 1):
+            return "rewrite count must be a positive integer (omit it for all occurrences)"
+    return None
+
+
+def rewrite_next(body: bytes, rule: dict[str, Any], scope: Scope) -> bytes:
+    """Replace a JSON page's top-level next (and next_url, consistently) as the rule says."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(doc, dict) or "next" not in doc:
+        return body
+    if rule.get("mode") == "repeat":
+        query = scope.get("query_string", b"").decode("latin-1")
+        sent = parse_qs(query, keep_blank_values=True).get("_next")
+        if not sent:
+            return body  # a first page has no token of its own to repeat
+        token = sent[0]
+    else:
+        token = rule["value"]
+    doc["next"] = token
+    if "next_url" in doc:
+        doc["next_url"] = None if token is None else next_url(doc["next_url"], scope, token)
+    return json.dumps(doc).encode()
+
+
+def next_url(base: str | None, scope: Scope, token: str) -> str:
+    """Return `base` (else the request URL) with _next=token in place, encoded like Datasette."""
+    if base is None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = scope.get("query_string", b"").decode("latin-1")
+        base = f"http://{headers.get('host', '127.0.0.1')}{scope['path']}?{query}"
+    head, _, query = base.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k == "_next" for k, _ in pairs):
+        pairs = [(k, token if k == "_next" else v) for k, v in pairs]
+    else:
+        pairs.append(("_next", token))
+    return head + "?" + urlencode(pairs)
 
 
 def fix_location(name: bytes, value: bytes, prefix: bytes) -> tuple[bytes, bytes]:

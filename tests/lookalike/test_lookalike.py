@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -575,6 +575,90 @@ def test_fault_truncate(source: Source) -> None:
     assert abs(2 * len(body) - len(full)) <= 8
     with pytest.raises(ValueError):
         json.loads(body)
+
+
+def test_fault_rewrite_next(source: Source) -> None:
+    """`rewrite_next` sets next to the request's own token, a given one or null, `times` times."""
+    site = source.create_site(30, 0)
+    base = f"{site.url}/meetings/agendas.json?_sort=id&_size=10"
+    _, first = get_json(base)
+    token = first["next"]
+    second_url = base + "&_next=" + quote(token, safe="")
+    _, second = get_json(second_url)
+    assert second["next"] not in (None, token)
+
+    source.faults.add(match="_next=", action="rewrite_next", mode="repeat")
+    status, headers, body = fetch(second_url)
+    doc = json.loads(body)
+    assert status == 200 and int(headers["content-length"]) == len(body)
+    assert doc["next"] == token and doc["rows"] == second["rows"]
+    if not is_v1(source):  # next_url follows next: it asks for this same page again
+        assert doc["next_url"].startswith(f"{site.url}/meetings/agendas.json?")
+        assert parse_qs(urlsplit(doc["next_url"]).query)["_next"] == [token]
+    assert get_json(second_url)[1]["next"] == second["next"]  # used up
+
+    source.faults.add(match="agendas", action="rewrite_next", mode="repeat")
+    assert get_json(base)[1]["next"] == token  # a first page has no token to repeat
+
+    source.faults.add(match="agendas", action="rewrite_next", value="zzz,zzz", times=2)
+    assert [get_json(base)[1]["next"] for _ in range(3)] == ["zzz,zzz", "zzz,zzz", token]
+
+    source.faults.add(match="agendas", action="rewrite_next", value=None)
+    _, doc = get_json(base)
+    assert doc["next"] is None and doc["rows"] == first["rows"]
+    assert is_v1(source) or doc["next_url"] is None
+
+    last_url = base + "&_next=" + quote(second["next"], safe="")
+    assert get_json(last_url)[1]["next"] is None
+    source.faults.add(match="agendas", action="rewrite_next", value="ab c,d")
+    _, doc = get_json(last_url)
+    assert doc["next"] == "ab c,d"
+    if not is_v1(source):
+        assert doc["next_url"].startswith(f"{site.url}/meetings/agendas.json?")
+        assert doc["next_url"].endswith("&_next=ab+c%2Cd")
+    faults = [r["fault"] for r in source.requests()]
+    assert faults.count("rewrite_next") == 6 and source.faults.list()[-1]["times"] == 0
+    with pytest.raises(ValueError, match="mode"):
+        source.faults.add(match="agendas", action="rewrite_next")
+    with pytest.raises(ValueError, match="unknown fault action"):
+        source.faults.add(match="agendas", action="rewrite-next", mode="repeat")
+
+
+def test_fault_rewrite(source: Source) -> None:
+    """`rewrite` replaces body bytes (all or `count`), keeping status; e.g. a lone surrogate."""
+    rows = [
+        {"id": "aaaaaaaaaaaa", "meeting": "M", "date": "2024-01-02", "text": "before QQ after"},
+        {"id": "bbbbbbbbbbbb", "meeting": "M", "date": "2024-01-03", "text": "QQ again"},
+    ]
+    site = source.create_site(rows, 0)
+    url = f"{site.url}/meetings/agendas.json?_sort=id&_shape=objects"
+
+    def texts(rewritten: bool = True) -> tuple[int, list[str], bytes]:
+        status, headers, body = fetch(url)
+        if rewritten:  # Datasette itself sends chunked bodies without a Content-Length
+            assert int(headers["content-length"]) == len(body)
+        return status, [r["text"] for r in json.loads(body)["rows"]], body
+
+    source.faults.add(match="agendas", action="rewrite", old="QQ", new="\\ud800")
+    status, got, body = texts()
+    assert status == 200 and body.count(b"\\ud800") == 2
+    assert got == ["before \ud800 after", "\ud800 again"]  # json.loads accepts lone surrogates
+    assert source.requests()[-1]["bytes"] == len(body)
+    source.faults.add(match="agendas", action="rewrite", old="QQ", new="\u00e9\U0001f3db", count=1)
+    assert texts()[1] == ["before \u00e9\U0001f3db after", "QQ again"]  # new is sent as UTF-8
+    assert texts(rewritten=False)[1] == ["before QQ after", "QQ again"]  # used up
+    source.faults.add(match="nosuch", action="rewrite", old="Table", new="Tabla", times=-1)
+    status, doc = get_json(f"{site.url}/meetings/nosuch.json")
+    assert status == 404 and doc["error"] == "Tabla not found"
+    source.faults.add(match="minutes", action="rewrite", old="Access denied", new="Welcome")
+    path = f"/{site.subdomain}/meetings/minutes.json"
+    status, ctype, body = raw_get(source, path, {"User-Agent": SCRAPY_UA})
+    assert status == 200 and ctype.startswith("text/html")  # rewrites what the bot wall says
+    assert b"Welcome" in body and b"Access denied" not in body
+    with pytest.raises(ValueError, match="old"):
+        source.faults.add(match="agendas", action="rewrite", old="", new="x")
+    with pytest.raises(ValueError, match="UTF-8"):
+        source.faults.add(match="agendas", action="rewrite", old="QQ", new="\ud800")
 
 
 def test_fault_hang(source: Source) -> None:
