@@ -26,8 +26,28 @@ class SpiderArguments:
     resume: bool
     verify_only: bool
     repair: bool
+    full: bool = False
+    allow_shrink: bool = False
 
-    names = ("subdomain", "document_type", "batch_size", "resume", "verify_only", "repair")
+    names = (
+        "subdomain",
+        "document_type",
+        "batch_size",
+        "resume",
+        "verify_only",
+        "repair",
+        "full",
+        "allow_shrink",
+    )
+
+    @property
+    def mode(self) -> str:
+        """What every job of the run does: default (catch up what exists), full, repair, verify."""
+        if self.verify_only:
+            return "verify_only"
+        if self.repair:
+            return "repair"
+        return "full" if self.full else "default"
 
 
 def parse_bool(name: str, value: Any) -> bool:
@@ -77,11 +97,17 @@ def parse_arguments(kwargs: dict[str, Any]) -> SpiderArguments:
             f"document_type: must be agenda, minutes or both, got {kwargs.get('document_type')!r}"
         )
     batch_size = kwargs.get("batch_size")
-    return SpiderArguments(
+    arguments = SpiderArguments(
         subdomains=parse_subdomains(kwargs.get("subdomain")),
         document_types=DOCUMENT_TYPES[document_type],
         batch_size=None if batch_size is None else parse_batch_size(batch_size),
         resume=parse_bool("resume", kwargs.get("resume", "false")),
         verify_only=parse_bool("verify_only", kwargs.get("verify_only", "false")),
         repair=parse_bool("repair", kwargs.get("repair", "false")),
+        full=parse_bool("full", kwargs.get("full", "false")),
+        allow_shrink=parse_bool("allow_shrink", kwargs.get("allow_shrink", "false")),
     )
+    chosen = [name for name in ("verify_only", "repair", "full") if getattr(arguments, name)]
+    if len(chosen) > 1:
+        raise ArgumentError(f"{chosen[1]}: give at most one of verify_only, repair and full")
+    return arguments

@@ -30,6 +30,10 @@ class TablePage:
 
     rows: list[Any]
     next: str | None
+    # Datasette cut the answer at max_returned_rows; None when the answer does not say.
+    truncated: bool | None = None
+    # orjson read the body, which refuses text that is not valid Unicode (lone surrogates).
+    unicode_checked: bool = True
 
 
 def check_site_url(template: str) -> str:
@@ -78,7 +82,8 @@ def _has_float(data: Any) -> bool:
     return False
 
 
-def _decode(body: bytes) -> Any:
+def _decode(body: bytes) -> tuple[Any, bool]:
+    """The parsed body, and whether orjson read it (then its text is valid Unicode)."""
     # orjson reads a page in about half the time. It accepts a subset of what json accepts and
     # returns the same values, except that it turns integers beyond 64 bits into floats: so its
     # answer is used only when it holds no float at all, and anything else (floats, NaN, lone
@@ -89,9 +94,9 @@ def _decode(body: bytes) -> Any:
         pass
     else:
         if not _has_float(data):
-            return data
+            return data, True
     try:
-        return json.loads(body)
+        return json.loads(body), False
     except (UnicodeDecodeError, ValueError):
         start = body[:60].decode("utf-8", "replace").strip().replace("\n", " ")
         kind = "HTML" if start.lower().startswith(("<!doctype", "<html")) else "not JSON"
@@ -108,7 +113,7 @@ def is_interrupted(status: int, body: bytes) -> bool:
 
 def parse_table_page(body: bytes) -> TablePage:
     """Read a table page of either JSON line; anything else is an error, never an empty page."""
-    data = _decode(body)
+    data, unicode_checked = _decode(body)
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise SourceError("answer is JSON without a rows list", retryable=True)
     if data.get("ok") is False:
@@ -130,23 +135,26 @@ def parse_table_page(body: bytes) -> TablePage:
         next_token = str(next_token)
     if next_token == "":
         next_token = None
-    return TablePage(rows=rows, next=next_token)
+    truncated = data.get("truncated")
+    return TablePage(
+        rows=rows,
+        next=next_token,
+        truncated=truncated if isinstance(truncated, bool) else None,
+        unicode_checked=unicode_checked,
+    )
 
 
 # The SQL endpoint differs: /meetings/-/query.json on 1.0 (civic.band), /meetings.json on 0.65.
 SQL_PATHS = {"1.0": "/-/query.json", "0.65": ".json"}
 
 
-def count_url(root: str, document_type: str, dialect: str) -> str:
+def count_sql(document_type: str) -> str:
     """An exact count by SQL: index-only, unlike 1.0's `_extra=count`, which stops at 10,001."""
-    table = DOCUMENT_TABLES[document_type]
-    sql = f"select count(*) as n from {table}"  # the table name is one of two constants
-    return f"{root}/{DATABASE}{SQL_PATHS[dialect]}?{urlencode({'sql': sql})}"
+    return f"select count(*) as n from {DOCUMENT_TABLES[document_type]}"
 
 
-def parse_count(body: bytes) -> int | None:
-    """The count from either line's SQL answer; None when Datasette gave up on it."""
-    page = parse_table_page(body)
+def parse_count(page: TablePage) -> int | None:
+    """The count of a count answer; None when Datasette gave up on it."""
     if not page.rows or not isinstance(page.rows[0], dict):
         raise SourceError("count answer has no row", retryable=True)
     value = page.rows[0].get("n")
@@ -167,27 +175,34 @@ def sql_url(root: str, dialect: str, sql: str, **params: str) -> str:
     return f"{root}/{DATABASE}{SQL_PATHS[dialect]}?{urlencode({'sql': sql, **params})}"
 
 
-def bucket_counts_sql(document_type: str) -> str:
-    """Rows per 2-character id prefix: reads only the primary key index at the source."""
-    table = DOCUMENT_TABLES[document_type]
-    return f"select substr(id, 1, 2) as bucket, count(*) as n from {table} group by bucket"
+def parse_sql(body: bytes) -> TablePage:
+    """An SQL answer of either line: rows as objects, and whether Datasette cut it short.
+
+    An answer that does not say whether it is complete is an error: completeness is never
+    inferred from how many rows came back.
+    """
+    page = parse_table_page(body)
+    if page.truncated is None:
+        raise SourceError("SQL answer does not say whether it is complete", retryable=True)
+    if not all(isinstance(row, dict) for row in page.rows):
+        raise SourceError("SQL answer has rows that are not objects", retryable=True)
+    return page
 
 
-def bucket_ids_sql(document_type: str) -> str:
-    """One page of the ids in a bucket, by range on the primary key, after a given id."""
-    table = DOCUMENT_TABLES[document_type]
-    return (
-        f"select id from {table} where id >= :low and id < :high and id > :after"
-        f" order by id limit {MAX_PAGE_SIZE}"
-    )
+_SIZE_LIMIT = re.compile(rb"_size must be <= (\d+)")
 
 
-def rows_by_id_sql(document_type: str) -> str:
-    """Whole rows for a JSON list of ids (text binding: all-digit ids stay text)."""
-    table = DOCUMENT_TABLES[document_type]
-    return f"select * from {table} where id in (select value from json_each(:ids))"
+def page_size_limit(status: int, body: bytes) -> int | None:
+    """The largest `_size` a site accepts, when it refused ours (its max_returned_rows)."""
+    match = _SIZE_LIMIT.search(body[:2000]) if status == 400 else None
+    return int(match.group(1)) if match else None
 
 
-def bucket_range(bucket: str) -> tuple[str, str]:
-    """The id range [low, high) of a prefix."""
-    return bucket, bucket[:-1] + chr(ord(bucket[-1]) + 1)
+def lacks_query_endpoint(status: int, body: bytes) -> bool:
+    """Datasette 0.65 has no /-/query: it reads `-` as a table name and answers 400."""
+    return status == 400 and b"no such table: -" in body[:2000]
+
+
+def lacks_column(status: int, body: bytes) -> bool:
+    """An older site without entities_json/votes_json refused a query naming them."""
+    return status == 400 and b"no such column" in body[:2000]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
 MIGRATIONS_LOCK = 0x63697669  # "civi": one migrator at a time across processes
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
@@ -15,6 +18,21 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
 class DatabaseError(RuntimeError):
     """The mirror's database is unreachable or refused us; the message is one line."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The connection was lost or none could be had in time: worth retrying on a fresh one."""
+
+
+@asynccontextmanager
+async def wrap_exceptions() -> AsyncIterator[None]:
+    """Translate the driver's errors in one place: transient ones can be retried, others not."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as error:
+        raise DatabaseUnavailable(one_line(error)) from error
+    except psycopg.Error as error:
+        raise DatabaseError(one_line(error)) from error
 
 
 def redact(url: str) -> str:

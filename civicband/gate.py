@@ -9,45 +9,42 @@ from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 
-from civicband.middlewares import RATE_LIMIT_WAITS
+from civicband.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 
 class CursorGate:
-    """Drop requests whose job is not ours or whose cursor is not the job's next page.
+    """Drop page requests the registry does not want: not our job, or not its next page.
 
-    Requests restored from JOBDIR may be for pages already committed (the database's
-    cursor is the truth), or for jobs another process has taken over since.
+    Requests restored from JOBDIR may be for pages already committed (the database's cursor is
+    the truth), or for jobs another process holds now. Dropping one is never a failure: the
+    spider's errback ignores IgnoreRequest.
     """
 
-    def __init__(self, crawler: Crawler) -> None:
+    def __init__(self, crawler: Crawler, registry: Registry) -> None:
         self.crawler = crawler
+        self.registry = registry
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        """Only the civicband spider keeps the job table this gate reads."""
+        """Only the civicband spider pages through jobs."""
         if crawler.spidercls.name != "civicband":
             raise NotConfigured("CursorGate serves the civicband spider only")
-        return cls(crawler)
+        registry = crawler.get_extension(Registry)
+        if registry is None:
+            raise NotConfigured("CursorGate needs civicband.registry.Registry in EXTENSIONS")
+        return cls(crawler, registry)
 
-    async def process_request(self, request: Request, spider: Spider | None = None) -> Any:
-        """Wait until start() has claimed its jobs, then admit or drop the request."""
-        job_id = request.meta.get("job_id")
-        if job_id is None or "cursor" not in request.meta:
+    def process_request(self, request: Request, spider: Spider | None = None) -> Any:
+        """Admit the request or drop it before download."""
+        if "cursor" not in request.meta:
             return None
-        owner: Any = self.crawler.spider
-        await owner.ready.wait()
-        # A retry, or a page asked again after a rate limit (which keeps retry_times on purpose).
-        retry = request.meta.get("retry_times", 0) > 0 or request.meta.get(RATE_LIMIT_WAITS, 0) > 0
-        expected = owner.active.get(job_id, False)
-        if expected is False or expected != request.meta["cursor"]:
-            reason = "not running here" if expected is False else "not its next page"
-        elif job_id in owner.inflight and not retry:
-            reason = "already being fetched"
-        else:
-            owner.inflight.add(job_id)
+        reason = self.registry.admit(request)
+        if reason is None:
             return None
         self.crawler.stats.inc_value("civicband/requests/dropped")
-        logger.info("Dropped a request for job %s (%s): %s", job_id, reason, request.url)
-        raise IgnoreRequest(f"job {job_id}: {reason}")
+        logger.info(
+            "Dropped a request for job %s (%s): %s", request.meta.get("job_id"), reason, request.url
+        )
+        raise IgnoreRequest(f"job {request.meta.get('job_id')}: {reason}")

@@ -1,4 +1,4 @@
-"""What the spider hands the pipeline: a page of rows, or the end of a job."""
+"""What the spider hands the pipeline: one page of rows of a job, and the cursors around it."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ class PageItem:
     """One API page of one (site, type) job and the cursors around it."""
 
     job_id: int
+    token: int  # the lease it was fetched under: a page of a job claimed since is not stored
     subdomain: str
     document_type: str
     cursor_in: str | None
     cursor_out: str | None
     rows: list[Any] = field(default_factory=list)
     url: str = ""
+    unicode_checked: bool = True  # orjson read the page, so its text is valid Unicode
 
     @property
     def final(self) -> bool:
@@ -28,44 +30,4 @@ class PageItem:
         return (
             f"<PageItem job={self.job_id} {self.subdomain}/{self.document_type}"
             f" rows={len(self.rows)} final={self.final}>"
-        )
-
-
-@dataclass
-class JobFailed:
-    """A job that cannot go on: why, and whether it used up its retries."""
-
-    job_id: int
-    subdomain: str
-    document_type: str
-    error: str
-    retries_exhausted: bool = False
-
-
-@dataclass
-class CountItem:
-    """The source's own count of one (site, type), or None when it could not be taken."""
-
-    job_id: int
-    subdomain: str
-    document_type: str
-    expected: int | None
-    note: str = ""
-
-
-@dataclass(repr=False)
-class RepairItem:
-    """Repair of one (site, type): rows fetched by id, and ids the source no longer has."""
-
-    job_id: int
-    subdomain: str
-    document_type: str
-    rows: list[Any] = field(default_factory=list)
-    delete_ids: list[str] = field(default_factory=list)
-    url: str = ""
-
-    def __repr__(self) -> str:
-        return (
-            f"<RepairItem job={self.job_id} {self.subdomain}/{self.document_type}"
-            f" rows={len(self.rows)} delete={len(self.delete_ids)}>"
         )

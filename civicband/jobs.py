@@ -1,18 +1,428 @@
-"""The backfill_jobs table: create, resolve which sites to crawl, finish."""
+"""The jobs table and its runs: the only writer of backfill_jobs and crawl_runs.
+
+Every transition is one function here, each one named query (sql/queries.sql), as
+procrastinate's manager owns its jobs table. A claim gives a job a new lease token; every
+write its holder makes afterwards names the token and changes nothing once another process
+has claimed the job (`LeaseLost`). Liveness is PostgreSQL's: a holder keeps a session advisory
+lock on each job it runs, and on its run, on one connection (civicband.store.Store).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from civicband.db import query
+from civicband.store import LEASE_CLASS, RUN_CLASS
+from civicband.verify import Verdict
 
-if TYPE_CHECKING:
-    from civicband.store import Store
+logger = logging.getLogger(__name__)
 
-CLAIM_CLASS = 0x6362636C  # "cbcl": claimers of one (site, type) take turns
+QUEUE_CLASS = 0x63627175  # "cbqu": opening runs and queueing their work take turns
+FULL, CATCHUP, VERIFY = "full", "catchup", "verify"
+
+
+class LeaseLost(Exception):
+    """Another process claimed this job since we did: we must stop writing it."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A job this process holds, and the token its every write names."""
+
+    job_id: int
+    token: int
+    subdomain: str
+    document_type: str
+
+    def params(self) -> dict[str, Any]:
+        """The fencing parameters of every holder write."""
+        return {"job_id": self.job_id, "token": self.token}
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.subdomain}/{self.document_type}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job just claimed: its lease and where it stands."""
+
+    lease: Lease
+    mode: str
+    cursor: str | None
+    exhausted: bool
+    pages_fetched: int
+    took_over: bool  # it was running under a lease that is gone
+
+
+@dataclass(frozen=True)
+class RunArguments:
+    """What makes two processes' work the same run."""
+
+    subdomains: tuple[str, ...]  # ("all",) or sorted names
+    document_types: tuple[str, ...]
+    mode: str  # "default", "full", "repair" or "verify_only"
+    allow_shrink: bool
+
+    def key(self) -> str:
+        """A stable key for these arguments."""
+        text = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def as_json(self) -> dict[str, Any]:
+        """The arguments as they are recorded with the run."""
+        return {
+            "subdomains": list(self.subdomains),
+            "document_types": list(self.document_types),
+            "mode": self.mode,
+            "allow_shrink": self.allow_shrink,
+        }
+
+
+@dataclass
+class Queued:
+    """What queueing a run's work did, for the log."""
+
+    added: int = 0
+    reopened: int = 0
+    abandoned: int = 0
+    skipped: list[tuple[str, str, int]] = field(default_factory=list)  # (site, type, job id)
+
+
+async def open_run(
+    conn: psycopg.AsyncConnection, arguments: RunArguments, hold: Callable[[int], Awaitable[None]]
+) -> tuple[int, bool]:
+    """Join the live run with these arguments, or start a new one: (run id, joined).
+
+    Must run inside the transaction that queues the run's work (`enqueue`), which holds the
+    queue lock: a process deciding whether a run is alive then sees every process that joined.
+    `hold` takes the run's shared lock on the lease connection.
+    """
+    await lock_queue(conn)
+    key = arguments.key()
+    row = await (
+        await conn.execute(query("newest_run"), {"run_key": key, "class": RUN_CLASS})
+    ).fetchone()
+    joined = row is not None and bool(row[1])
+    if joined:
+        run_id = int(row[0])
+    else:
+        created = await (
+            await conn.execute(
+                query("create_run"), {"run_key": key, "arguments": Jsonb(arguments.as_json())}
+            )
+        ).fetchone()
+        assert created is not None
+        run_id = int(created[0])
+    await hold(run_id)
+    return run_id, joined
+
+
+async def lock_queue(conn: psycopg.AsyncConnection) -> None:
+    """Take turns with other processes queueing work, until this transaction ends."""
+    await conn.execute(query("lock_queue"), {"class": QUEUE_CLASS})
+
+
+def _new_mode(mode: str, has_pass: bool) -> str:
+    """The mode of a new job: catch-up where the mirror holds a completed pass."""
+    if mode == "verify_only":
+        return VERIFY
+    if mode == "repair":
+        return CATCHUP
+    if mode == "full":
+        return FULL
+    return CATCHUP if has_pass else FULL
+
+
+async def enqueue(
+    conn: psycopg.AsyncConnection,
+    run_id: int,
+    wanted: Sequence[tuple[str, str]],
+    *,
+    mode: str,
+    resume: bool,
+) -> Queued:
+    """Queue the run's (site, type) work, as SPEC §3 says of `resume`; idempotent per run.
+
+    For each (site, type): nothing if this run has it already; skipped if another live run
+    or process holds it; an abandoned job is continued (resume) or marked failed and replaced;
+    a failed or paused one is continued with resume (a failed verification is fetched again);
+    otherwise a new job is queued.
+    """
+    queued = Queued()
+    if not wanted:
+        return queued
+    cursor = conn.cursor(row_factory=dict_row)
+    rows = await (
+        await cursor.execute(
+            query("newest_jobs"),
+            {
+                "subdomains": [s for s, _ in wanted],
+                "document_types": [t for _, t in wanted],
+                "lease_class": LEASE_CLASS,
+                "run_class": RUN_CLASS,
+            },
+        )
+    ).fetchall()
+    new: list[tuple[str, str, str]] = []
+    reopen: list[tuple[int, str, bool]] = []
+    abandoned: list[int] = []
+    for row in rows:
+        site, kind, job_id, status = (
+            row["subdomain"],
+            row["document_type"],
+            row["id"],
+            row["status"],
+        )
+        fresh = _new_mode(mode, row["has_pass"])
+        if job_id is None:
+            new.append((site, kind, fresh))
+            continue
+        if row["run_id"] == run_id:
+            continue  # this run has it already (another process queued it)
+        held = status == "running" and row["leased"]
+        queued_live = status == "pending" and row["run_live"]
+        if held or queued_live:
+            queued.skipped.append((site, kind, job_id))
+            continue
+        if status in ("pending", "running"):  # abandoned: its process, or its whole run, died
+            if not row["has_progress"]:
+                reopen.append((job_id, fresh, False))
+            elif resume:
+                reopen.append((job_id, row["mode"], False))
+            else:
+                abandoned.append(job_id)
+                new.append((site, kind, fresh))
+            continue
+        if resume and status in ("failed", "paused"):
+            if row["verify_status"] == "failed":
+                reopen.append((job_id, CATCHUP if row["has_pass"] else FULL, True))
+            else:
+                reopen.append((job_id, row["mode"], False))
+            continue
+        new.append((site, kind, fresh))
+    if abandoned:
+        await conn.execute(query("fail_abandoned"), {"job_ids": abandoned})
+        queued.abandoned = len(abandoned)
+    if reopen:
+        await conn.execute(
+            query("reopen_jobs"),
+            {
+                "run_id": run_id,
+                "job_ids": [j for j, _, _ in reopen],
+                "modes": [m for _, m, _ in reopen],
+                "recrawl": [r for _, _, r in reopen],
+            },
+        )
+        recrawled = [j for j, _, r in reopen if r]
+        if recrawled:
+            await conn.execute(query("forget_seen_of"), {"job_ids": recrawled})
+        queued.reopened = len(reopen)
+    if new:
+        inserted = await conn.execute(
+            query("insert_jobs"),
+            {
+                "run_id": run_id,
+                "subdomains": [s for s, _, _ in new],
+                "document_types": [t for _, t, _ in new],
+                "modes": [m for _, _, m in new],
+            },
+        )
+        queued.added = inserted.rowcount
+    return queued
+
+
+async def claim(
+    conn: psycopg.AsyncConnection,
+    run_id: int,
+    limit: int,
+    try_lease: Callable[[int], Awaitable[bool]],
+) -> list[Claim]:
+    """Claim up to `limit` jobs of the run nobody holds, each under a new lease token.
+
+    Rows are locked with SKIP LOCKED, so claimers never wait for each other; the caller
+    releases the leases taken if the transaction does not commit.
+    """
+    if limit <= 0:
+        return []
+    rows = await (
+        await conn.execute(
+            query("claimable_jobs"), {"run_id": run_id, "limit": limit, "class": LEASE_CLASS}
+        )
+    ).fetchall()
+    taken: dict[int, bool] = {}
+    for job_id, status in rows:
+        if await try_lease(job_id):
+            taken[job_id] = status == "running"
+    if not taken:
+        return []
+    claimed = await (await conn.execute(query("take_jobs"), {"job_ids": list(taken)})).fetchall()
+    return [
+        Claim(
+            lease=Lease(int(job_id), int(token), site, kind),
+            mode=mode,
+            cursor=cursor,
+            exhausted=bool(exhausted),
+            pages_fetched=int(fetched),
+            took_over=taken[job_id],
+        )
+        for job_id, token, site, kind, mode, cursor, exhausted, fetched, _ in claimed
+    ]
+
+
+async def busy_elsewhere(
+    conn: psycopg.AsyncConnection, run_id: int, mine: Iterable[int]
+) -> list[tuple[int, str, str]]:
+    """Jobs of the run other processes are running."""
+    rows = await (
+        await conn.execute(query("busy_elsewhere"), {"run_id": run_id, "mine": list(mine)})
+    ).fetchall()
+    return [(int(job_id), site, kind) for job_id, site, kind in rows]
+
+
+# ---- fenced transitions ------------------------------------------------------------------------
+
+
+async def _fenced(
+    conn: psycopg.AsyncConnection, name: str, lease: Lease, params: dict[str, Any], done: str
+) -> None:
+    """Run a holder write; if it changed nothing, tell an earlier commit of it from a lost lease.
+
+    A retried transaction whose first commit did succeed finds the job already in `done`
+    under our own token: that is success, not a lost lease.
+    """
+    cursor = await conn.execute(query(name), {**params, **lease.params()})
+    if cursor.rowcount:
+        return
+    row = await (await conn.execute(query("job_lease_state"), lease.params())).fetchone()
+    if row is not None and row[1] == lease.token and row[0] == done:
+        return
+    raise LeaseLost(f"{lease} is held by another process now")
+
+
+async def lock_for_page(conn: psycopg.AsyncConnection, lease: Lease, cursor_in: str | None) -> bool:
+    """Lock the job row for a page: True if the page comes next, False if it is already stored.
+
+    The lease is checked first, so a page of a job taken over is a lost lease, never a
+    duplicate; a page after the last one (the cursor is NULL again then) is a duplicate.
+    """
+    row = await (await conn.execute(query("lock_job"), {"job_id": lease.job_id})).fetchone()
+    if row is None or row[1] != lease.token or row[0] != "running":
+        raise LeaseLost(f"{lease} is held by another process now")
+    status, _, last_cursor, exhausted = row
+    return not exhausted and last_cursor == cursor_in
+
+
+async def advance(
+    conn: psycopg.AsyncConnection,
+    lease: Lease,
+    *,
+    cursor_out: str | None,
+    fetched: int,
+    created: int,
+    updated: int,
+    errors: int,
+    final: bool,
+) -> None:
+    """A page stored: the cursor moves on and the counters grow, in the page's transaction."""
+    params = {
+        "cursor_out": cursor_out,
+        "fetched": fetched,
+        "created": created,
+        "updated": updated,
+        "errors": errors,
+        "final": final,
+    }
+    await _fenced(conn, "advance_job", lease, params, "running")
+
+
+async def count(
+    conn: psycopg.AsyncConnection,
+    lease: Lease,
+    *,
+    fetched: int = 0,
+    created: int = 0,
+    updated: int = 0,
+    errors: int = 0,
+    removed: int = 0,
+) -> None:
+    """Counters of rows stored without a cursor (catch-up) or removed, in their transaction."""
+    params = {
+        "fetched": fetched,
+        "created": created,
+        "updated": updated,
+        "errors": errors,
+        "removed": removed,
+    }
+    await _fenced(conn, "count_job", lease, params, "running")
+
+
+async def exhaust(conn: psycopg.AsyncConnection, lease: Lease) -> None:
+    """Every page is stored: only verification is left (a resume starts there)."""
+    await _fenced(conn, "exhaust_job", lease, {}, "running")
+
+
+async def restart_full(conn: psycopg.AsyncConnection, lease: Lease) -> None:
+    """The job becomes a full pass from the first page."""
+    await _fenced(conn, "restart_full", lease, {}, "running")
+
+
+async def fail(
+    conn: psycopg.AsyncConnection, lease: Lease, error: str, *, retries_exhausted: bool = False
+) -> None:
+    """The job cannot go on: failed with why, its cursor kept for resume."""
+    params = {"last_error": error, "retry_increment": 1 if retries_exhausted else 0}
+    await _fenced(conn, "fail_job", lease, params, "failed")
+
+
+async def record_verdict(conn: psycopg.AsyncConnection, lease: Lease, verdict: Verdict) -> None:
+    """Record what verification found and finish the job by it."""
+    params = {
+        "expected": verdict.expected,
+        "actual": verdict.actual,
+        "rejected": verdict.rejected,
+        "missing": verdict.missing,
+        "extra": verdict.extra,
+        "stale": verdict.stale,
+        "verify_status": verdict.status,
+        "status": verdict.job_status,
+        "message": verdict.message,
+    }
+    await _fenced(conn, "record_verdict", lease, params, verdict.job_status)
+
+
+async def pause(conn: psycopg.AsyncConnection, leases: Sequence[Lease]) -> list[int]:
+    """Jobs still held when the crawl stops become paused; returns those that were still ours."""
+    if not leases:
+        return []
+    rows = await (
+        await conn.execute(
+            query("pause_jobs"),
+            {"job_ids": [x.job_id for x in leases], "tokens": [x.token for x in leases]},
+        )
+    ).fetchall()
+    return sorted(int(row[0]) for row in rows)
+
+
+async def summaries(conn: psycopg.AsyncConnection, job_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The jobs as the end-of-run summary shows them."""
+    if not job_ids:
+        return []
+    cursor = conn.cursor(row_factory=dict_row)
+    return await (
+        await cursor.execute(query("job_summaries"), {"job_ids": list(job_ids)})
+    ).fetchall()
+
+
+# ---- municipalities -------------------------------------------------------------------------
 
 
 async def all_subdomains(conn: psycopg.AsyncConnection) -> list[str]:
@@ -27,113 +437,7 @@ async def known_subdomains(conn: psycopg.AsyncConnection, subdomains: list[str])
     return {row[0] for row in await cursor.fetchall()}
 
 
-async def create_job(
-    conn: psycopg.AsyncConnection, subdomain: str, document_type: str, *, new_site: bool = False
-) -> tuple[int, bool]:
-    """Start a running job for one (site, type): (job id, whether the site is new)."""
-    added = False
-    async with conn.transaction():
-        if new_site:
-            inserted = await conn.execute(query("ensure_municipality"), {"subdomain": subdomain})
-            added = inserted.rowcount == 1
-        cursor = await conn.execute(
-            query("create_job"), {"subdomain": subdomain, "document_type": document_type}
-        )
-        row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0]), added
-
-
-async def finish_job(
-    conn: psycopg.AsyncConnection,
-    job_id: int,
-    status: str,
-    *,
-    last_error: str | None = None,
-    retry_increment: int = 0,
-) -> bool:
-    """Close a running job; False when it was no longer running."""
-    cursor = await conn.execute(
-        query("finish_job"),
-        {
-            "job_id": job_id,
-            "status": status,
-            "last_error": last_error,
-            "retry_increment": retry_increment,
-        },
-    )
+async def add_municipality(conn: psycopg.AsyncConnection, subdomain: str) -> bool:
+    """A named site answered with JSON: it joins municipalities; True if it was new."""
+    cursor = await conn.execute(query("ensure_municipality"), {"subdomain": subdomain})
     return cursor.rowcount == 1
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What start() got for one (site, type): a job to run from a cursor, or a live one to skip."""
-
-    job_id: int
-    cursor: str | None
-    how: str  # "new", "resumed", "took over" (abandoned), or "skipped" (live elsewhere)
-    exhausted: bool = False  # its pages were all stored; only verification is left
-
-    @property
-    def runs(self) -> bool:
-        """This process runs the job."""
-        return self.how != "skipped"
-
-
-async def claim(
-    conn: psycopg.AsyncConnection, store: Store, subdomain: str, document_type: str, *, resume: bool
-) -> Claim:
-    """Choose and lease the job to run for one (site, type), as SPEC §3 `resume` says."""
-    params = {"subdomain": subdomain, "document_type": document_type}
-    taken: int | None = None
-    try:
-        async with conn.transaction():
-            await conn.execute(query("lock_site_type"), {**params, "class": CLAIM_CLASS})
-            newest = await (await conn.execute(query("newest_job"), params)).fetchone()
-            if newest is not None:
-                job_id, status, cursor, exhausted = newest
-                if status == "running":
-                    if not await store.try_lease(job_id):
-                        return Claim(job_id, cursor, "skipped")
-                    taken = job_id
-                    if resume:
-                        return Claim(job_id, cursor, "took over", exhausted)
-                    await conn.execute(query("abandon_job"), {"job_id": job_id})
-                elif resume and status in ("failed", "paused"):
-                    if not await store.try_lease(job_id):
-                        return Claim(job_id, cursor, "skipped")
-                    taken = job_id
-                    await conn.execute(query("resume_job"), {"job_id": job_id})
-                    return Claim(job_id, cursor, "resumed", exhausted)
-            row = await (await conn.execute(query("create_job"), params)).fetchone()
-            assert row is not None
-            new_id = int(row[0])
-            if taken is not None:
-                await store.release(taken)
-                taken = None
-            taken = new_id
-            await store.try_lease(new_id)
-            return Claim(new_id, None, "new")
-    except BaseException:
-        if taken is not None:
-            await store.release(taken)
-        raise
-
-
-async def local_buckets(
-    conn: psycopg.AsyncConnection, subdomain: str, document_type: str
-) -> dict[str, int]:
-    """Local pages plus rejected rows per 2-character id prefix."""
-    params = {"subdomain": subdomain, "document_type": document_type}
-    rows = await (await conn.execute(query("local_buckets"), params)).fetchall()
-    return {row[0]: int(row[1]) for row in rows if row[0] is not None}
-
-
-async def ids_in_bucket(
-    conn: psycopg.AsyncConnection, subdomain: str, document_type: str, low: str, high: str
-) -> tuple[set[str], set[str]]:
-    """Local page ids and rejected row ids in [low, high)."""
-    params = {"subdomain": subdomain, "document_type": document_type, "low": low, "high": high}
-    local = await (await conn.execute(query("local_ids_in_bucket"), params)).fetchall()
-    rejected = await (await conn.execute(query("rejected_ids_in_bucket"), params)).fetchall()
-    return {row[0] for row in local}, {row[0] for row in rejected}

@@ -42,6 +42,7 @@ from scrapy.utils.asyncio import sleep
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.response import response_status_message
 
+from civicband import signals as civicband_signals
 from civicband.args import ArgumentError
 from civicband.datasette import is_interrupted
 
@@ -65,6 +66,8 @@ BACKOFF_DONE = "civicband_backoff_done"
 RATE_LIMIT_WAITS = "civicband_ratelimit_waits"
 RETRIES_EXHAUSTED = "civicband_retries_exhausted"
 REQUEUED = "civicband_requeued_on_stop"
+# A query that may hit the time limit because it is too big: its caller splits it instead.
+SPLIT_ON_INTERRUPT = "civicband_split_on_interrupt"
 SIZE_PARAM = re.compile(r"(?<=[?&]_size=)(\d+)(?=&|$)")
 
 
@@ -298,15 +301,24 @@ class BackoffRetryMiddleware(RetryMiddleware):
                 self.limits.backoff_max,
                 self.limits.backoff_jitter,
             )
+            self._waiting(request, "backing off")
             if not await self._wait_until(
                 time.monotonic() + delay, "civicband/retry/backoff_seconds"
             ):
                 return self._requeue(request)
             request.meta[BACKOFF_DONE] = attempt
         while (until := self._paused_until.get(key, 0.0)) > time.monotonic():
+            self._waiting(request, "rate limited")
             if not await self._wait_until(until, None):
                 return self._requeue(request)
+        self._waiting(request, None)
         return None
+
+    def _waiting(self, request: Request, why: str | None) -> None:
+        """Say that a request waits (or no longer does), for its job's progress line."""
+        self.crawler.signals.send_catch_log(
+            civicband_signals.request_waiting, request=request, why=why
+        )
 
     def _slot_key(self, request: Request) -> str:
         """The download slot the downloader will use (Downloader.get_slot_key, without IPs)."""
@@ -355,6 +367,8 @@ class BackoffRetryMiddleware(RetryMiddleware):
         if is_rate_limited(status, response.body):
             return self._rate_limited(request, response)
         if is_interrupted(status, response.body):
+            if request.meta.get(SPLIT_ON_INTERRUPT):
+                return response
             return self._retry_or_give_up(request, response, "datasette_interrupted")
         if status >= 500 or status in self.retry_http_codes:
             # The parent retries only RETRY_HTTP_CODES; every 5xx is a server trouble here.

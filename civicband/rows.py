@@ -8,10 +8,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
+from civicband.digest import content_fp
+
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_ID_LENGTH = 200
 TEXT_COLUMNS = ("meeting", "text", "page_image", "entities_json", "votes_json")
 PG_INTEGER = 2**31 - 1
+# Half of a UTF-16 surrogate pair on its own: JSON can carry it, UTF-8 (and PostgreSQL) cannot.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _DATE_CACHE_SIZE = 4096  # distinct date strings remembered (a site has a few thousand)
 
 
@@ -26,6 +30,7 @@ class CleanRow(NamedTuple):
     page_image: str | None
     entities_json: str | None
     votes_json: str | None
+    content_fp: int
 
     def as_tuple(self) -> tuple[Any, ...]:
         """The COPY row."""
@@ -39,6 +44,7 @@ class Rejection:
     row_id: str | None
     reason: str
     raw: str
+    content_fp: int = 0
 
 
 @dataclass
@@ -59,6 +65,7 @@ class PageRows:
         "text",
         "text",
         "text",
+        "int8",
     )
 
 
@@ -68,8 +75,17 @@ def raw_text(row: Any) -> str:
         text = json.dumps(row, ensure_ascii=False, sort_keys=True, default=str)
     except (TypeError, ValueError):
         text = repr(row)
-    # PostgreSQL text cannot hold NUL; the escaped form keeps it visible.
-    return text.replace("\x00", "\\u0000")
+    # PostgreSQL text cannot hold NUL or a lone surrogate; their escaped forms keep them visible.
+    return _escape_surrogates(text.replace("\x00", "\\u0000"))
+
+
+def _escape_surrogates(text: str) -> str:
+    return LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _has_lone_surrogate(row: dict) -> bool:
+    """Whether any text of the row holds half a surrogate pair (only JSON's slow path makes one)."""
+    return any(isinstance(v, str) and LONE_SURROGATE.search(v) for v in (*row, *row.values()))
 
 
 def _strip_nul(value: Any) -> tuple[Any, int]:
@@ -117,7 +133,12 @@ def _parse_id(value: Any) -> str | None:
         return str(value)
     if not isinstance(value, str):
         return None
-    if "\x00" in value or not value.strip() or value != value.strip():
+    if (
+        "\x00" in value
+        or not value.strip()
+        or value != value.strip()
+        or LONE_SURROGATE.search(value)
+    ):
         return None
     if len(value) > MAX_ID_LENGTH:
         return None
@@ -175,21 +196,38 @@ def _clean_common(row: dict) -> CleanRow | None:
     ):
         return None
     return CleanRow(
-        row_id, meeting, meeting_date, page, text, page_image, entities_json, votes_json
+        row_id,
+        meeting,
+        meeting_date,
+        page,
+        text,
+        page_image,
+        entities_json,
+        votes_json,
+        content_fp(row),
     )
 
 
-def clean_row(row: Any) -> tuple[CleanRow | None, Rejection | None, int]:
+def clean_row(
+    row: Any, *, unicode_checked: bool = True
+) -> tuple[CleanRow | None, Rejection | None, int]:
     """Check one row: (clean row, or its rejection), and how many NULs were removed.
 
     entities_json and votes_json are kept as the text the source sent, valid JSON or not.
+    `unicode_checked` says the row's text is known to be valid Unicode (orjson read it).
     """
-    if type(row) is dict:
+    if type(row) is dict and unicode_checked:
         clean = _clean_common(row)
         if clean is not None:
             return clean, None, 0
     if not isinstance(row, dict):
         return None, Rejection(None, "row is not an object", raw_text(row)), 0
+    fingerprint = content_fp(row)
+    if not unicode_checked and _has_lone_surrogate(row):
+        reason = "text is not valid Unicode (half a surrogate pair)"
+        shown_id = row.get("id")
+        shown_id = None if shown_id is None else _escape_surrogates(str(shown_id))[:MAX_ID_LENGTH]
+        return None, Rejection(shown_id, reason, raw_text(row), fingerprint), 0
     removed = 0
     # NULs are removed from text only: an id or date holding one is invalid, not repaired.
     values: dict[str, Any] = {"id": row.get("id"), "date": row.get("date")}
@@ -199,7 +237,8 @@ def clean_row(row: Any) -> tuple[CleanRow | None, Rejection | None, int]:
     row_id = _parse_id(values["id"])
     if row_id is None:
         shown_id = None if values["id"] is None else str(values["id"])[:MAX_ID_LENGTH]
-        return None, Rejection(shown_id, "missing or invalid id", raw_text(row)), removed
+        reason = "missing or invalid id"
+        return None, Rejection(shown_id, reason, raw_text(row), fingerprint), removed
     meeting = _as_text(values["meeting"])
     reason = None
     if meeting is None or not meeting.strip():
@@ -213,7 +252,7 @@ def clean_row(row: Any) -> tuple[CleanRow | None, Rejection | None, int]:
     if reason is None and not page_ok:
         reason = "page is not an integer"
     if reason is not None:
-        return None, Rejection(row_id, reason, raw_text(row)), removed
+        return None, Rejection(row_id, reason, raw_text(row), fingerprint), removed
     assert meeting is not None and meeting_date is not None
     clean = CleanRow(
         id=row_id,
@@ -224,21 +263,24 @@ def clean_row(row: Any) -> tuple[CleanRow | None, Rejection | None, int]:
         page_image=_as_text(values["page_image"]),
         entities_json=_as_text(values["entities_json"]),
         votes_json=_as_text(values["votes_json"]),
+        content_fp=fingerprint,
     )
     return clean, None, removed
 
 
-def clean_page(rows: list[Any]) -> PageRows:
+def clean_page(rows: list[Any], *, unicode_checked: bool = True) -> PageRows:
     """Split one API page into rows to store and rows to quarantine, ids unique within it."""
     page = PageRows()
     seen: set[str] = set()
     for row in rows:
-        clean, rejection, removed = clean_row(row)
+        clean, rejection, removed = clean_row(row, unicode_checked=unicode_checked)
         page.nul_removed += removed
         if clean is not None and clean.id in seen:
             clean, rejection = (
                 None,
-                Rejection(clean.id, "duplicate id within one page", raw_text(row)),
+                Rejection(
+                    clean.id, "duplicate id within one page", raw_text(row), clean.content_fp
+                ),
             )
         if clean is None:
             assert rejection is not None

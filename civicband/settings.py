@@ -29,6 +29,17 @@ CIVICBAND_SERVICE_SECRET = os.environ.get("CIVICBAND_SERVICE_SECRET", "")
 CIVICBAND_BATCH_SIZE = 1000
 CIVICBAND_VERIFY_MAX_MISSING_RATIO = 0.01
 CIVICBAND_VERIFY_MAX_MISSING_ROWS = 100
+# Jobs one process holds at once (and so advisory locks): enough to keep the shared slot's 8
+# concurrent requests busy with one page per job in flight; it claims more as they end.
+CIVICBAND_MAX_ACTIVE_JOBS = 8
+# A (site, type) whose source holds fewer than this share of the mirror's rows is not swept.
+CIVICBAND_SHRINK_GUARD = 0.5
+CIVICBAND_PROGRESS_INTERVAL = 60.0
+# Tables the mirror holds more rows of than this have their digest taken in 16 id ranges, each
+# well within civic.band's 3 s SQL time limit (a range that still hits it is split again).
+CIVICBAND_DIGEST_SPLIT_ROWS = 300_000
+# Where the final stats go as JSON (empty: nowhere).
+CIVICBAND_STATS_FILE = ""
 CIVICBAND_BACKOFF_BASE = 1.0
 CIVICBAND_BACKOFF_MAX = 60.0
 # A retry waits up to this fraction longer than its base·2^n, so retries do not move in lockstep.
@@ -63,8 +74,20 @@ DOWNLOADER_MIDDLEWARES = {
 ADDONS = {"civicband.middlewares.PublicRateLimit": 0}
 SPIDER_MIDDLEWARES = {"civicband.middlewares.PublicPageCap": 600}
 
+# Live stats over JSON-RPC (SPEC §4): read-only, on loopback unless told; off unless asked for.
+JSONRPC_ENABLED = False
+JSONRPC_HOST = "127.0.0.1"
+JSONRPC_PORT = [6080, 7030]
+
 ITEM_PIPELINES = {"civicband.pipelines.PostgresPipeline": 300}
 EXTENSIONS = {
     "civicband.store.Store": 0,
+    "civicband.registry.Registry": 1,
+    "civicband.source.Source": 2,
+    "civicband.catchup.CatchUp": 3,
+    "civicband.extensions.verify.Verify": 4,
+    "civicband.extensions.progress.Progress": 5,
     "civicband.extensions.outcome.Outcome": 10,
+    "civicband.extensions.statsfile.StatsFile": 20,
+    "civicband.extensions.jsonrpc.JsonRpc": 500,
 }

@@ -1,61 +1,85 @@
-"""The crawl's one way into PostgreSQL: find or start the server, migrate, and pool connections."""
+"""The crawl's one way into PostgreSQL: find or start the server, migrate, pool, and hold leases."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Self
+from typing import Any, Self, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from scrapy import Spider, signals
+from scrapy import signals
 from scrapy.crawler import Crawler
+from scrapy.statscollectors import StatsCollector
 
 from civicband import db
 from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from civicband.middlewares import backoff_delay
 
 logger = logging.getLogger(__name__)
 
 LEASE_CLASS = 0x63626A62  # "cbjb": the first key of every job's advisory lock
+RUN_CLASS = 0x6362726E  # "cbrn": the first key of every run's shared advisory lock
+
+T = TypeVar("T")
 
 
 class Store:
-    """Open the database once per crawl, on first use, and close it when the spider closes."""
+    """Open the database once per crawl, on first use, and close it when the engine stops."""
 
-    def __init__(self, url: str | None, home: Path, pool_size: int, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        home: Path,
+        pool_size: int,
+        *,
+        timeout: float = 10.0,
+        retries: int = 6,
+        backoff: tuple[float, float] = (1.0, 60.0),
+        stats: StatsCollector | None = None,
+    ) -> None:
         self.url = url
         self.timeout = timeout
         self.home = home
         self.pool_size = pool_size
+        self.retries = retries
+        self.backoff = backoff
+        self.stats = stats
         self.embedded: EmbeddedPostgres | None = None
         self.pool: AsyncConnectionPool | None = None
         self._opening = asyncio.Lock()
-        # One connection holds the leases (session advisory locks) of every job this process runs.
+        # One connection holds this process's leases (session advisory locks) and its run lock.
         self.lease: psycopg.AsyncConnection | None = None
-        self.lease_pid = 0
         self.leased: set[int] = set()
+        self.runs: set[int] = set()
         self._leasing = asyncio.Lock()
-        # Jobs that must stop (their page could not be stored): the spider drops their pages.
-        self.stopped_jobs: set[int] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        """Read the database settings and close with the spider."""
+        """Read the database settings; close when the engine stops (after every close step)."""
         settings = crawler.settings
         store = cls(
             url=settings.get("CIVICBAND_DATABASE_URL") or None,
             home=Path(settings.get("CIVICBAND_HOME") or ".civicband"),
             pool_size=settings.getint("CIVICBAND_DB_POOL_SIZE"),
             timeout=settings.getfloat("CIVICBAND_DB_TIMEOUT"),
+            retries=settings.getint("CIVICBAND_DB_RETRIES"),
+            backoff=(
+                settings.getfloat("CIVICBAND_BACKOFF_BASE"),
+                settings.getfloat("CIVICBAND_BACKOFF_MAX"),
+            ),
+            stats=crawler.stats,
         )
-        crawler.signals.connect(store.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(store.engine_stopped, signal=signals.engine_stopped)
         return store
 
     @property
-    def shown_url(self) -> str:
-        """The URL as logs may show it."""
-        return db.redact(self.url) if self.url else f"embedded PostgreSQL under {self.home}"
+    def is_open(self) -> bool:
+        """Whether open() succeeded and close() has not run."""
+        return self.pool is not None
 
     async def open(self) -> None:
         """Connect, starting the embedded server and applying migrations first if needed."""
@@ -103,76 +127,94 @@ class Store:
                 self.url, autocommit=True, connect_timeout=max(1, round(self.timeout))
             )
         except psycopg.Error as error:
-            raise db.DatabaseError(
+            raise db.DatabaseUnavailable(
                 f"cannot connect to {db.redact(self.url)}: {db.one_line(error)}"
             ) from None
-        self.lease_pid = self.lease.info.backend_pid
+
+    async def _lock(self, name: str, params: dict[str, Any]) -> bool:
+        """One advisory-lock query on the lease connection."""
+        assert self.lease is not None
+        async with db.wrap_exceptions():
+            row = await (await self.lease.execute(db.query(name), params)).fetchone()
+        return bool(row and row[0] is not False)
 
     async def try_lease(self, job_id: int) -> bool:
         """Take a job's lease; False when another live session holds it."""
         async with self._leasing:
-            assert self.lease is not None
-            cursor = await self.lease.execute(
-                db.query("try_lease"), {"class": LEASE_CLASS, "job_id": job_id}
-            )
-            row = await cursor.fetchone()
-            if row and row[0]:
+            if await self._lock("try_lease", {"class": LEASE_CLASS, "job_id": job_id}):
                 self.leased.add(job_id)
                 return True
             return False
 
     async def release(self, job_id: int) -> None:
-        """Give a finished or paused job's lease back."""
+        """Give a finished, paused or lost job's lease back."""
         async with self._leasing:
             if job_id not in self.leased:
                 return
             self.leased.discard(job_id)
-            if self.lease is None or self.lease.closed:
+            if self.lease is None or self.lease.closed or self.lease.broken:
                 return
             try:
-                await self.lease.execute(
-                    db.query("release_lease"), {"class": LEASE_CLASS, "job_id": job_id}
-                )
-            except psycopg.Error as error:
-                logger.warning("Could not release job %s's lease: %s", job_id, db.one_line(error))
+                await self._lock("release_lease", {"class": LEASE_CLASS, "job_id": job_id})
+            except db.DatabaseError as error:
+                logger.warning("Could not release job %s's lease: %s", job_id, error)
 
-    async def lease_alive(self) -> bool:
-        """Ask the lease connection; a dead one means our leases died with it."""
+    async def join_run(self, run_id: int) -> None:
+        """Hold the run's shared lock while this process lives, so later processes can join."""
         async with self._leasing:
-            if self.lease is None or self.lease.closed or self.lease.broken:
-                return False
-            try:
-                await self.lease.execute("SELECT 1")
-            except psycopg.Error:
-                return False
-            return True
+            await self._lock("join_run", {"class": RUN_CLASS, "run_id": run_id})
+            self.runs.add(run_id)
 
-    async def renew_leases(self) -> set[int]:
-        """After the lease connection died, take our jobs' leases again; returns the jobs lost."""
+    async def renew(self) -> None:
+        """After the lease connection died, take its locks again; fencing settles what was lost."""
         async with self._leasing:
             if self.lease is not None and not self.lease.closed and not self.lease.broken:
                 try:
                     await self.lease.execute("SELECT 1")
-                    return set()
+                    return
                 except psycopg.Error:
                     pass
             if self.lease is not None:
                 await self.lease.close()
             await self._connect_lease()
-            assert self.lease is not None
+            for run_id in sorted(self.runs):
+                await self._lock("join_run", {"class": RUN_CLASS, "run_id": run_id})
             lost = set()
             for job_id in sorted(self.leased):
-                cursor = await self.lease.execute(
-                    db.query("try_lease"), {"class": LEASE_CLASS, "job_id": job_id}
-                )
-                row = await cursor.fetchone()
-                if not (row and row[0]):
+                if not await self._lock("try_lease", {"class": LEASE_CLASS, "job_id": job_id}):
                     lost.add(job_id)
             self.leased -= lost
             logger.warning(
-                "Reconnected the lease connection; jobs lost to others: %s", lost or "none"
+                "Reconnected the lease connection; leases now held by others: %s",
+                sorted(lost) or "none",
             )
-            return lost
+
+    async def transact(
+        self, work: Callable[[psycopg.AsyncConnection], Awaitable[T]], what: str
+    ) -> T:
+        """Run `work` in one transaction, again on a fresh connection after a lost one.
+
+        Database errors come out translated (db.wrap_exceptions); DatabaseUnavailable only once
+        CIVICBAND_DB_RETRIES retries, spaced by the same backoff as requests, are used up.
+        """
+        attempt = 0
+        while True:
+            try:
+                async with db.wrap_exceptions(), self.connection() as conn, conn.transaction():
+                    return await work(conn)
+            except db.DatabaseUnavailable as error:
+                attempt += 1
+                if attempt > self.retries:
+                    raise
+                delay = backoff_delay(attempt, *self.backoff, 0.0)
+                if self.stats is not None:
+                    self.stats.inc_value("civicband/db/retries")
+                logger.warning(
+                    "Database trouble while %s (%s); retrying in %.1f s", what, error, delay
+                )
+                await asyncio.sleep(delay)
+                with contextlib.suppress(db.DatabaseError):  # still down: the next try says so
+                    await self.renew()
 
     @staticmethod
     def _migrate(url: str) -> None:
@@ -212,7 +254,7 @@ class Store:
     async def close(self) -> None:
         """Close the pool and stop the embedded server if this process started it."""
         if self.lease is not None:
-            await self.lease.close()  # releases every lease still held
+            await self.lease.close()  # releases every lease and run lock still held
             self.lease = None
         if self.pool is not None:
             await self.pool.close()
@@ -221,6 +263,6 @@ class Store:
             await asyncio.to_thread(self.embedded.stop)
             self.embedded = None
 
-    async def spider_closed(self, spider: Spider) -> None:
-        """Release the database when the crawl ends."""
+    async def engine_stopped(self) -> None:
+        """Release the database once the crawl and everything that records its end are done."""
         await self.close()

@@ -1,8 +1,10 @@
-"""Verification's verdict: compare the source's count with the mirror, by the plan's thresholds."""
+"""Verification's verdict: is the mirror equal to the source, and if not, how far off (pure)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from civicband.digest import Difference
 
 
 @dataclass(frozen=True)
@@ -14,49 +16,71 @@ class Verdict:
     actual: int
     rejected: int
     missing: int | None
+    extra: int | None
+    stale: int | None
     message: str
 
     @property
     def job_status(self) -> str:
-        """Only a failed verification fails the job; an unknown count completes it, said so."""
+        """Only a failed verification fails the job; an unknown one completes it, said so."""
         return "failed" if self.status == "failed" else "completed"
 
 
 def decide(
-    expected: int | None, actual: int, rejected: int, *, max_rows: int, max_ratio: float
+    expected: int | None,
+    actual: int,
+    rejected: int,
+    *,
+    equal: bool,
+    difference: Difference | None,
+    max_rows: int,
+    max_ratio: float,
+    note: str = "",
 ) -> Verdict:
-    """missing = expected - rejected - actual; past max_rows or max_ratio of expected, fail."""
-    if expected is None:
-        return Verdict(
-            "unknown",
-            None,
-            actual,
-            rejected,
-            None,
-            f"source count unknown (timed out): not verified; {actual} pages stored",
-        )
-    missing = expected - rejected - actual
+    """Judge a comparison of digests (and, where they differ, of the listed ids).
+
+    `passed` needs equal digests; never an unknown source, never only equal counts. Past
+    `max_rows` or `max_ratio` of expected, missing (or out-of-date) pages fail the job.
+    """
     shown = f"Expected {expected}, got {actual}" + (f", {rejected} rejected" if rejected else "")
-    if missing > max_rows or missing > max_ratio * expected:
-        return Verdict(
-            "failed", expected, actual, rejected, missing, f"Missing {missing} pages! {shown}"
-        )
-    if missing > 0:
-        return Verdict(
-            "warned",
-            expected,
-            actual,
-            rejected,
-            missing,
-            f"Missing {missing} pages (within thresholds). {shown}",
-        )
-    if missing < 0:
-        return Verdict(
-            "warned",
-            expected,
-            actual,
-            rejected,
-            missing,
-            f"{-missing} pages the source no longer has (repair=true removes them). {shown}",
-        )
-    return Verdict("passed", expected, actual, rejected, 0, f"Complete. {shown}")
+    suffix = f" ({note})" if note else ""
+    if expected is None:
+        message = f"source digest unknown: not verified; {actual} pages stored{suffix}"
+        return Verdict("unknown", None, actual, rejected, None, None, None, message)
+    if equal:
+        return Verdict("passed", expected, actual, rejected, 0, 0, 0, f"Complete. {shown}")
+
+    def over(n: int) -> bool:
+        return n > max_rows or n > max_ratio * expected
+
+    if difference is None:
+        # The differing buckets could not be listed: judge by the counts, never pass.
+        missing = expected - rejected - actual
+        if missing > 0 and over(missing):
+            status, head = "failed", f"Missing {missing} pages! {shown}"
+        else:
+            status, head = "warned", f"The copy differs from the source. {shown}"
+        note = note or "the differing ids could not be listed"
+        return Verdict(status, expected, actual, rejected, missing, None, None, f"{head} ({note})")
+    missing, extra, stale = (
+        len(difference.missing),
+        len(difference.extra),
+        len(difference.stale),
+    )
+    parts = []
+    if extra:
+        parts.append(f"{extra} pages the source no longer has")
+    if stale:
+        parts.append(f"{stale} pages out of date")
+    if difference.stale_rejections:
+        parts.append(f"{len(difference.stale_rejections)} rejections the source no longer has")
+    tail = "".join(f"; {part}" for part in parts)
+    if over(missing):
+        status, message = "failed", f"Missing {missing} pages! {shown}{tail}"
+    elif over(stale):
+        status, message = "failed", f"{stale} pages out of date! {shown}"
+    else:
+        status = "warned"
+        lead = f"Missing {missing} pages (within thresholds)" if missing else "Not equal"
+        message = f"{lead}{tail}. {shown}; the next run fixes it"
+    return Verdict(status, expected, actual, rejected, missing, extra, stale, message + suffix)

@@ -1,4 +1,196 @@
 -- Named queries, loaded by civicband.db.query("name"). Parameters are always bound.
+-- backfill_jobs and crawl_runs are written only through civicband/jobs.py; every write a lease
+-- holder makes names its lease token and changes nothing once another process claimed the job.
+
+-- ---- runs and the work queue (civicband/jobs.py) ------------------------------------------------
+
+-- name: lock_queue
+-- Opening runs and queueing their work take turns across processes (released at commit).
+SELECT pg_advisory_xact_lock(%(class)s, 0)
+
+-- name: newest_run
+-- The newest run with these arguments, and whether a process of it is still alive.
+SELECT r.id,
+       EXISTS (SELECT 1 FROM pg_locks l
+               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND l.classid::bigint = %(class)s AND l.objid::bigint = r.id) AS live
+FROM crawl_runs r WHERE r.run_key = %(run_key)s ORDER BY r.id DESC LIMIT 1
+
+-- name: create_run
+INSERT INTO crawl_runs (run_key, arguments) VALUES (%(run_key)s, %(arguments)s) RETURNING id
+
+-- name: join_run
+-- A shared session lock on the run: held while this process lives, so later ones can join.
+SELECT pg_advisory_lock_shared(%(class)s, %(run_id)s::integer)
+
+-- name: newest_jobs
+-- Per wanted (site, type): its newest job, whether its lease or its run is alive, and whether
+-- the mirror holds a completed pass (which makes a catch-up the default).
+WITH wanted AS (
+    SELECT * FROM unnest(%(subdomains)s::text[], %(document_types)s::text[]) AS w (subdomain, document_type)
+), held AS (
+    SELECT l.classid::bigint AS class, l.objid::bigint AS key FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+)
+SELECT w.subdomain, w.document_type, j.id, j.status, j.run_id, j.mode, j.verify_status,
+       (j.last_cursor IS NOT NULL OR j.pages_exhausted_at IS NOT NULL OR j.pages_fetched > 0)
+           AS has_progress,
+       EXISTS (SELECT 1 FROM held h WHERE h.class = %(lease_class)s AND h.key = j.id) AS leased,
+       EXISTS (SELECT 1 FROM held h WHERE h.class = %(run_class)s AND h.key = j.run_id) AS run_live,
+       EXISTS (SELECT 1 FROM backfill_jobs c
+               WHERE c.subdomain = w.subdomain AND c.document_type = w.document_type
+                 AND c.status = 'completed' AND c.mode IN ('full', 'catchup')) AS has_pass
+FROM wanted w
+LEFT JOIN LATERAL (
+    SELECT * FROM backfill_jobs b
+    WHERE b.subdomain = w.subdomain AND b.document_type = w.document_type
+    ORDER BY b.id DESC LIMIT 1
+) j ON true
+
+-- name: fail_abandoned
+UPDATE backfill_jobs
+   SET status = 'failed', last_error = 'abandoned: its process or connection died',
+       lease_token = NULL, modified = now()
+ WHERE id = ANY(%(job_ids)s) AND status IN ('pending', 'running')
+
+-- name: reopen_jobs
+-- Continue jobs in this run from where they stopped (resume); `recrawl` starts their pass anew
+-- (a failed verification is fixed by fetching again, not by counting again).
+UPDATE backfill_jobs j
+   SET status = 'pending', run_id = %(run_id)s, mode = u.mode, lease_token = NULL,
+       last_cursor = CASE WHEN u.recrawl THEN NULL ELSE j.last_cursor END,
+       pages_exhausted_at = CASE WHEN u.recrawl THEN NULL ELSE j.pages_exhausted_at END,
+       modified = now()
+  FROM unnest(%(job_ids)s::bigint[], %(modes)s::text[], %(recrawl)s::boolean[]) AS u (id, mode, recrawl)
+ WHERE j.id = u.id AND j.status IN ('pending', 'running', 'failed', 'paused')
+RETURNING j.id
+
+-- name: forget_seen_of
+-- A pass started anew forgets what its earlier attempt saw.
+DELETE FROM job_seen_ids WHERE job_id = ANY(%(job_ids)s)
+
+-- name: insert_jobs
+INSERT INTO backfill_jobs (subdomain, document_type, status, mode, run_id)
+SELECT subdomain, document_type, 'pending', mode, %(run_id)s
+  FROM unnest(%(subdomains)s::text[], %(document_types)s::text[], %(modes)s::text[])
+       AS u (subdomain, document_type, mode)
+ON CONFLICT (subdomain, document_type) WHERE status IN ('pending', 'running') DO NOTHING
+RETURNING id
+
+-- name: claimable_jobs
+-- Work of this run nobody holds: queued, or running while its holder's lease is gone.
+SELECT j.id, j.status FROM backfill_jobs j
+ WHERE j.run_id = %(run_id)s
+   AND (j.status = 'pending'
+        OR (j.status = 'running' AND NOT EXISTS (
+            SELECT 1 FROM pg_locks l
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND l.classid::bigint = %(class)s AND l.objid::bigint = j.id)))
+ ORDER BY j.id
+ LIMIT %(limit)s
+ FOR UPDATE SKIP LOCKED
+
+-- name: take_jobs
+-- The claim: each job gets a new lease token, which every later write of its holder names.
+UPDATE backfill_jobs
+   SET status = 'running', lease_token = nextval('backfill_lease_tokens'), claimed_at = now(),
+       modified = now()
+ WHERE id = ANY(%(job_ids)s)
+RETURNING id, lease_token, subdomain, document_type, mode, last_cursor,
+          pages_exhausted_at IS NOT NULL AS exhausted, pages_fetched, batches_committed
+
+-- name: busy_elsewhere
+-- Jobs of this run other processes hold.
+SELECT id, subdomain, document_type FROM backfill_jobs
+ WHERE run_id = %(run_id)s AND status = 'running' AND NOT (id = ANY(%(mine)s))
+ ORDER BY id
+
+-- name: remaining_in_run
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'running') AS running
+  FROM backfill_jobs WHERE run_id = %(run_id)s
+
+-- name: try_lease
+-- A session-level lock: held while this connection lives, released by PostgreSQL when it dies.
+SELECT pg_try_advisory_lock(%(class)s, %(job_id)s::integer)
+
+-- name: release_lease
+SELECT pg_advisory_unlock(%(class)s, %(job_id)s::integer)
+
+-- ---- fenced transitions of one job (civicband/jobs.py) --------------------------------------------
+
+-- name: lock_job
+-- The page transaction's first statement: the job row, locked, to check lease and order.
+SELECT status, lease_token, last_cursor, pages_exhausted_at IS NOT NULL AS exhausted
+  FROM backfill_jobs WHERE id = %(job_id)s FOR UPDATE
+
+-- name: advance_job
+UPDATE backfill_jobs
+   SET last_cursor = %(cursor_out)s,
+       pages_fetched = pages_fetched + %(fetched)s,
+       pages_created = pages_created + %(created)s,
+       pages_updated = pages_updated + %(updated)s,
+       errors_encountered = errors_encountered + %(errors)s,
+       batches_committed = batches_committed + 1,
+       pages_exhausted_at = CASE WHEN %(final)s THEN now() ELSE pages_exhausted_at END,
+       modified = now()
+ WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
+
+-- name: count_job
+-- Counters of a catch-up's writes and of removals (no cursor).
+UPDATE backfill_jobs
+   SET pages_fetched = pages_fetched + %(fetched)s,
+       pages_created = pages_created + %(created)s,
+       pages_updated = pages_updated + %(updated)s,
+       errors_encountered = errors_encountered + %(errors)s,
+       pages_removed = pages_removed + %(removed)s,
+       modified = now()
+ WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
+
+-- name: exhaust_job
+UPDATE backfill_jobs SET pages_exhausted_at = now(), modified = now()
+ WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
+
+-- name: restart_full
+-- A catch-up that would cost more than a full pass becomes one.
+UPDATE backfill_jobs
+   SET mode = 'full', last_cursor = NULL, pages_exhausted_at = NULL, modified = now()
+ WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
+
+-- name: fail_job
+UPDATE backfill_jobs
+   SET status = 'failed', last_error = %(last_error)s,
+       retry_count = retry_count + %(retry_increment)s, modified = now()
+ WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
+
+-- name: pause_jobs
+UPDATE backfill_jobs j SET status = 'paused', modified = now()
+  FROM unnest(%(job_ids)s::bigint[], %(tokens)s::bigint[]) AS u (id, token)
+ WHERE j.id = u.id AND j.lease_token = u.token AND j.status = 'running'
+RETURNING j.id
+
+-- name: record_verdict
+UPDATE backfill_jobs
+   SET expected_count = %(expected)s, actual_count = %(actual)s, rejected_count = %(rejected)s,
+       missing_count = %(missing)s, extra_count = %(extra)s, stale_count = %(stale)s,
+       verify_status = %(verify_status)s, verified_at = now(), status = %(status)s,
+       last_error = CASE WHEN %(status)s = 'failed' THEN %(message)s ELSE NULL END,
+       modified = now()
+ WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
+
+-- name: job_lease_state
+-- After a fenced write changed nothing: whose is the job now, and in what status?
+SELECT status, lease_token FROM backfill_jobs WHERE id = %(job_id)s
+
+-- name: job_summaries
+SELECT id, subdomain, document_type, mode, status, pages_created, pages_updated,
+       errors_encountered, pages_removed, verify_status, last_error
+  FROM backfill_jobs WHERE id = ANY(%(job_ids)s) ORDER BY subdomain, document_type, id
+
+-- ---- the mirror's pages (civicband/mirror.py) -----------------------------------------------------
 
 -- name: staging_table
 -- One page of source rows lands here by COPY before the set-based upserts; emptied at commit.
@@ -10,22 +202,14 @@ CREATE TEMP TABLE IF NOT EXISTS civicband_staging (
     text          text,
     page_image    text,
     entities_json text,
-    votes_json    text
+    votes_json    text,
+    content_fp    bigint NOT NULL
 ) ON COMMIT DELETE ROWS
 
 -- name: copy_staging
 -- Binary: the server reads each value as it is instead of parsing COPY's text format.
 COPY civicband_staging (id, meeting_name, meeting_date, page_number, text, page_image,
-                        entities_json, votes_json) FROM STDIN (FORMAT BINARY)
-
--- name: claim_cursor
--- Locks the job row and proves this page follows the last committed one, from the lease holder.
-SELECT status, last_cursor IS NOT DISTINCT FROM %(cursor_in)s AS in_order,
-       EXISTS (SELECT 1 FROM pg_locks
-               WHERE locktype = 'advisory' AND classid::bigint = %(class)s
-                 AND objid::bigint = %(job_id)s
-                 AND objsubid = 2 AND pid = %(lease_pid)s AND granted) AS leased
-FROM backfill_jobs WHERE id = %(job_id)s FOR UPDATE
+                        entities_json, votes_json, content_fp) FROM STDIN (FORMAT BINARY)
 
 -- name: upsert_documents
 INSERT INTO meeting_documents (subdomain, document_type, meeting_name, meeting_date)
@@ -36,9 +220,9 @@ ON CONFLICT (subdomain, document_type, meeting_name, meeting_date) DO NOTHING
 -- Unchanged rows are not rewritten; created = rows whose insert did not conflict.
 WITH written AS (
     INSERT INTO meeting_pages AS p (subdomain, document_type, id, document_id, page_number, text,
-                                    page_image, entities_json, votes_json)
+                                    page_image, entities_json, votes_json, content_fp)
     SELECT %(subdomain)s::text, %(document_type)s::text, s.id, d.id, s.page_number, s.text, s.page_image,
-           s.entities_json, s.votes_json
+           s.entities_json, s.votes_json, s.content_fp
     FROM civicband_staging s
     -- One index probe per staging row (OFFSET 0 keeps the subquery from being flattened into a
     -- join): a hash join would read every document of the site for each page, a cost that
@@ -53,10 +237,12 @@ WITH written AS (
        SET document_id = EXCLUDED.document_id, page_number = EXCLUDED.page_number,
            text = EXCLUDED.text, page_image = EXCLUDED.page_image,
            entities_json = EXCLUDED.entities_json, votes_json = EXCLUDED.votes_json,
-           modified = now()
-     WHERE (p.document_id, p.page_number, p.text, p.page_image, p.entities_json, p.votes_json)
+           content_fp = EXCLUDED.content_fp, modified = now()
+     WHERE (p.document_id, p.page_number, p.text, p.page_image, p.entities_json, p.votes_json,
+            p.content_fp)
            IS DISTINCT FROM (EXCLUDED.document_id, EXCLUDED.page_number, EXCLUDED.text,
-                             EXCLUDED.page_image, EXCLUDED.entities_json, EXCLUDED.votes_json)
+                             EXCLUDED.page_image, EXCLUDED.entities_json, EXCLUDED.votes_json,
+                             EXCLUDED.content_fp)
     RETURNING (xmax = 0) AS created
 )
 SELECT count(*) FILTER (WHERE created) AS created, count(*) FILTER (WHERE NOT created) AS changed
@@ -69,85 +255,40 @@ WHERE d.subdomain = %(subdomain)s AND d.document_type = %(document_type)s
   AND NOT EXISTS (SELECT 1 FROM meeting_pages p WHERE p.document_id = d.id)
 
 -- name: reject_row
-INSERT INTO rejected_rows (subdomain, document_type, row_id, reason, raw, job_id)
-VALUES (%(subdomain)s, %(document_type)s, %(row_id)s, %(reason)s, %(raw)s, %(job_id)s)
+-- The same bad row met again is one rejection; an id has one rejection, its newest.
+WITH older AS (
+    DELETE FROM rejected_rows
+     WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+       AND %(row_id)s::text IS NOT NULL AND row_id = %(row_id)s::text AND raw_md5 <> md5(%(raw)s)
+)
+INSERT INTO rejected_rows (subdomain, document_type, row_id, reason, raw, job_id, content_fp)
+VALUES (%(subdomain)s, %(document_type)s, %(row_id)s, %(reason)s, %(raw)s, %(job_id)s, %(content_fp)s)
 ON CONFLICT (subdomain, document_type, raw_md5) DO UPDATE
    SET reason = EXCLUDED.reason, row_id = EXCLUDED.row_id, job_id = EXCLUDED.job_id,
-       modified = now()
-
--- name: advance_job
-UPDATE backfill_jobs
-   SET last_cursor = %(cursor_out)s,
-       pages_fetched = pages_fetched + %(fetched)s,
-       pages_created = pages_created + %(created)s,
-       pages_updated = pages_updated + %(updated)s,
-       errors_encountered = errors_encountered + %(errors)s,
-       batches_committed = batches_committed + 1,
-       modified = now()
- WHERE id = %(job_id)s
-
--- name: municipality_subdomains
-SELECT subdomain FROM municipalities ORDER BY subdomain
-
--- name: known_subdomains
-SELECT subdomain FROM municipalities WHERE subdomain = ANY(%(subdomains)s)
-
--- name: ensure_municipality
-INSERT INTO municipalities (subdomain) VALUES (%(subdomain)s) ON CONFLICT (subdomain) DO NOTHING
-
--- name: create_job
-INSERT INTO backfill_jobs (subdomain, document_type, status)
-VALUES (%(subdomain)s, %(document_type)s, 'running')
-RETURNING id
-
--- name: finish_job
-UPDATE backfill_jobs
-   SET status = %(status)s, last_error = %(last_error)s,
-       retry_count = retry_count + %(retry_increment)s, modified = now()
- WHERE id = %(job_id)s AND status = 'running'
-
--- name: lock_site_type
--- Claimers of one (site, type) take turns, across processes, until their transaction ends.
-SELECT pg_advisory_xact_lock(%(class)s, hashtext(%(subdomain)s || '/' || %(document_type)s))
-
--- name: newest_job
-SELECT id, status, last_cursor, pages_exhausted_at IS NOT NULL AS exhausted FROM backfill_jobs
-WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
-ORDER BY id DESC LIMIT 1
-FOR UPDATE
-
--- name: try_lease
--- A session-level lock: held while this connection lives, released by PostgreSQL when it dies.
-SELECT pg_try_advisory_lock(%(class)s, %(job_id)s::integer)
-
--- name: release_lease
-SELECT pg_advisory_unlock(%(class)s, %(job_id)s::integer)
-
--- name: resume_job
-UPDATE backfill_jobs SET status = 'running', modified = now() WHERE id = %(job_id)s
-
--- name: abandon_job
-UPDATE backfill_jobs
-   SET status = 'failed', last_error = 'abandoned: its process or connection died', modified = now()
- WHERE id = %(job_id)s AND status = 'running'
-
--- name: pause_jobs
-UPDATE backfill_jobs SET status = 'paused', modified = now()
- WHERE id = ANY(%(job_ids)s) AND status = 'running'
+       content_fp = EXCLUDED.content_fp, modified = now()
 
 -- name: remember_seen
 -- The ids this pass has seen, for the sweep when the pass ends.
 INSERT INTO job_seen_ids (job_id, id) SELECT %(job_id)s, id FROM civicband_staging
 ON CONFLICT DO NOTHING
 
--- name: mark_exhausted
-UPDATE backfill_jobs SET pages_exhausted_at = now(), modified = now() WHERE id = %(job_id)s
+-- name: pass_counts
+-- What the shrink guard weighs: pages here, and pages this pass saw.
+SELECT (SELECT count(*) FROM meeting_pages
+         WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s) AS local,
+       (SELECT count(*) FROM job_seen_ids WHERE job_id = %(job_id)s) AS seen
 
 -- name: sweep_unseen
 -- After a complete pass: pages the source no longer has (sites are rebuilt from scratch).
 DELETE FROM meeting_pages p
 WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
   AND NOT EXISTS (SELECT 1 FROM job_seen_ids s WHERE s.job_id = %(job_id)s AND s.id = p.id)
+
+-- name: sweep_rejections
+-- After a complete pass: rejections the pass did not meet again (their rows are gone).
+DELETE FROM rejected_rows
+WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+  AND job_id IS DISTINCT FROM %(job_id)s
 
 -- name: forget_seen
 DELETE FROM job_seen_ids WHERE job_id = %(job_id)s
@@ -158,48 +299,68 @@ SELECT (SELECT count(*) FROM meeting_pages
        (SELECT count(*) FROM rejected_rows
         WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s) AS rejected
 
--- name: record_verification
-UPDATE backfill_jobs
-   SET expected_count = %(expected)s, actual_count = %(actual)s, rejected_count = %(rejected)s,
-       missing_count = %(missing)s, verify_status = %(verify_status)s, verified_at = now(),
-       status = %(status)s,
-       last_error = CASE WHEN %(status)s = 'failed' THEN %(message)s ELSE NULL END,
-       modified = now()
- WHERE id = %(job_id)s AND status = 'running'
-
--- name: local_buckets
--- Local pages plus rejected rows per id prefix, to compare with the source's own buckets.
-SELECT bucket, sum(n)::bigint AS n FROM (
-    SELECT substr(id, 1, 2) AS bucket, count(*) AS n FROM meeting_pages
-     WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s GROUP BY 1
-    UNION ALL
-    SELECT substr(row_id, 1, 2), count(*) FROM rejected_rows
+-- name: local_digest
+-- The mirror's side of civicband/digest.py: pages plus rejected rows, per id bucket.
+WITH ids AS (
+    SELECT id, content_fp FROM meeting_pages
      WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
-       AND row_id IS NOT NULL GROUP BY 1
-) counts GROUP BY bucket
+    UNION ALL
+    SELECT r.row_id, r.content_fp FROM rejected_rows r
+     WHERE r.subdomain = %(subdomain)s AND r.document_type = %(document_type)s
+       AND NOT EXISTS (SELECT 1 FROM meeting_pages p
+                        WHERE p.subdomain = r.subdomain AND p.document_type = r.document_type
+                          AND p.id = r.row_id)
+), classed AS (
+    SELECT id, content_fp, coalesce(id ~ '^[0-9a-f]{12}$', false) AS hex FROM ids
+)
+SELECT CASE WHEN hex THEN substr(id, 1, 2) ELSE '~' END AS bucket, count(*) AS n,
+       coalesce(sum(('x' || substr(id, 1, 6))::bit(24)::int) FILTER (WHERE hex), 0) AS hi,
+       coalesce(sum(('x' || substr(id, 7, 6))::bit(24)::int) FILTER (WHERE hex), 0) AS lo,
+       coalesce(sum(content_fp), 0)::bigint AS fp
+FROM classed GROUP BY 1
 
--- name: local_ids_in_bucket
-SELECT id FROM meeting_pages
-WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
-  AND id >= %(low)s AND id < %(high)s
+-- name: local_listing
+-- Pages of some hex buckets: id and fingerprint.
+SELECT id, content_fp FROM meeting_pages
+ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+   AND id ~ '^[0-9a-f]{12}$' AND substr(id, 1, 2) = ANY(%(buckets)s)
 
--- name: rejected_ids_in_bucket
-SELECT row_id FROM rejected_rows
-WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
-  AND row_id >= %(low)s AND row_id < %(high)s
+-- name: rejected_listing
+SELECT row_id, content_fp FROM rejected_rows
+ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+   AND row_id ~ '^[0-9a-f]{12}$' AND substr(row_id, 1, 2) = ANY(%(buckets)s)
+
+-- name: local_other
+-- Pages whose ids are not 12 lowercase hex digits.
+SELECT id, content_fp FROM meeting_pages
+ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+   AND NOT coalesce(id ~ '^[0-9a-f]{12}$', false)
+
+-- name: rejected_other
+-- Rejections of rows whose ids are NULL or not 12 lowercase hex digits.
+SELECT row_id, raw_md5 FROM rejected_rows
+ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+   AND NOT coalesce(row_id ~ '^[0-9a-f]{12}$', false)
 
 -- name: delete_pages
 DELETE FROM meeting_pages
 WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s AND id = ANY(%(ids)s)
 
--- name: count_repair
-UPDATE backfill_jobs
-   SET pages_fetched = pages_fetched + %(fetched)s,
-       pages_created = pages_created + %(created)s,
-       pages_updated = pages_updated + %(updated)s,
-       errors_encountered = errors_encountered + %(errors)s,
-       modified = now()
- WHERE id = %(job_id)s
+-- name: delete_rejections
+DELETE FROM rejected_rows
+WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+  AND (row_id = ANY(%(row_ids)s) OR raw_md5 = ANY(%(raw_md5s)s))
+
+-- ---- municipalities and the index -------------------------------------------------------------
+
+-- name: municipality_subdomains
+SELECT subdomain FROM municipalities ORDER BY subdomain
+
+-- name: known_subdomains
+SELECT subdomain FROM municipalities WHERE subdomain = ANY(%(subdomains)s)
+
+-- name: ensure_municipality
+INSERT INTO municipalities (subdomain) VALUES (%(subdomain)s) ON CONFLICT (subdomain) DO NOTHING
 
 -- name: upsert_municipalities
 -- civicband-sites: every site of civic.band's index in one statement; added = inserts.

@@ -37,9 +37,24 @@ CREATE TABLE meeting_pages (
     votes_json    text,
     created       timestamptz NOT NULL DEFAULT now(),
     modified      timestamptz NOT NULL DEFAULT now(),
+    -- what the source's SQLite computes from page_image, entities_json, votes_json (digest.py)
+    content_fp    bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (subdomain, document_type, id)
 );
 CREATE INDEX meeting_pages_document_id_idx ON meeting_pages (document_id);
+
+-- A run: the (site, type) work one set of arguments asked for, shared by every process started
+-- with those arguments while one of them is alive (its processes hold a shared advisory lock).
+CREATE TABLE crawl_runs (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_key   text NOT NULL,
+    arguments jsonb NOT NULL,
+    created   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX crawl_runs_key_idx ON crawl_runs (run_key, id DESC);
+
+-- Every claim takes a new token; every write by a holder names it (fencing).
+CREATE SEQUENCE backfill_lease_tokens;
 
 CREATE TABLE backfill_jobs (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -63,10 +78,19 @@ CREATE TABLE backfill_jobs (
     modified           timestamptz NOT NULL DEFAULT now(),
     pages_exhausted_at timestamptz,
     missing_count      bigint,
-    rejected_count     bigint
+    rejected_count     bigint,
+    run_id             bigint REFERENCES crawl_runs (id),
+    lease_token        bigint,
+    mode               text NOT NULL DEFAULT 'full' CHECK (mode IN ('full', 'catchup', 'verify')),
+    extra_count        bigint,
+    stale_count        bigint,
+    pages_removed      bigint NOT NULL DEFAULT 0,
+    claimed_at         timestamptz
 );
-CREATE UNIQUE INDEX backfill_jobs_one_running_idx
-    ON backfill_jobs (subdomain, document_type) WHERE status = 'running';
+-- At most one open (pending or running) job per (site, type).
+CREATE UNIQUE INDEX backfill_jobs_one_open_idx
+    ON backfill_jobs (subdomain, document_type) WHERE status IN ('pending', 'running');
+CREATE INDEX backfill_jobs_run_idx ON backfill_jobs (run_id, status);
 CREATE INDEX backfill_jobs_site_type_idx ON backfill_jobs (subdomain, document_type, id DESC);
 CREATE INDEX backfill_jobs_status_idx ON backfill_jobs (status);
 
@@ -81,6 +105,7 @@ CREATE TABLE rejected_rows (
     job_id        bigint REFERENCES backfill_jobs (id),
     created       timestamptz NOT NULL DEFAULT now(),
     modified      timestamptz NOT NULL DEFAULT now(),
+    content_fp    bigint NOT NULL DEFAULT 0,
     -- the same bad row met again (a re-crawl) is one rejection, not two
     UNIQUE (subdomain, document_type, raw_md5)
 );

@@ -4,12 +4,54 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 from scrapy.commands.crawl import Command as ScrapyCrawl
 from scrapy.exceptions import UsageError
 
 from civicband.args import ArgumentError
+from civicband.extensions.jsonrpc import check_settings as check_jsonrpc
 from civicband.extensions.outcome import EXIT_BAD_INPUT, EXIT_FAILED, exit_status
+
+# The same signal twice within this many seconds is one request to stop: `uv run` without a
+# terminal forwards SIGINT/SIGTERM to a child that already got it from its process group.
+SIGNAL_ECHO = 1.0
+_HANDLERS = (
+    ("_signal_shutdown", "_signal_kill"),
+    ("_signal_shutdown_reactorless", "_signal_kill_reactorless"),
+)
+
+
+def debounce_signals(
+    process: Any, window: float = SIGNAL_ECHO, clock: Callable[[], float] = time.monotonic
+) -> None:
+    """Make Scrapy's second-signal kill ignore an echo of the first signal.
+
+    Scrapy treats any second SIGINT/SIGTERM as "force an unclean shutdown"; its handlers look
+    themselves up on the process object, so wrapping them there is enough (Scrapy has no
+    setting for this). A second signal after `window` still stops at once.
+    """
+    first: dict[int, float] = {}
+    for shutdown_name, kill_name in _HANDLERS:
+        shutdown = getattr(process, shutdown_name, None)
+        kill = getattr(process, kill_name, None)
+        if shutdown is None or kill is None:
+            continue
+
+        def on_shutdown(signum: int, frame: Any, shutdown: Callable = shutdown) -> None:
+            first.setdefault(signum, clock())
+            shutdown(signum, frame)
+
+        def on_kill(signum: int, frame: Any, kill: Callable = kill) -> None:
+            started = first.get(signum)
+            if started is not None and clock() - started < window:
+                return  # the same signal again at once: an echo, not a second request
+            kill(signum, frame)
+
+        setattr(process, shutdown_name, on_shutdown)
+        setattr(process, kill_name, on_kill)
 
 
 class Command(ScrapyCrawl):
@@ -22,14 +64,16 @@ class Command(ScrapyCrawl):
         assert self.crawler_process
         crawler = self._create_crawler(args[0])
         check = getattr(crawler.spidercls, "check_arguments", None)
-        if check is not None:
-            try:
+        try:
+            check_jsonrpc(crawler.settings)
+            if check is not None:
                 check(opts.spargs, crawler.settings)
-            except ArgumentError as error:
-                # A bad argument is the user's to fix: one line, no traceback, nothing fetched.
-                print(f"civicband: error: {error}", file=sys.stderr)
-                self.exitcode = EXIT_BAD_INPUT
-                return
+        except ArgumentError as error:
+            # A bad argument is the user's to fix: one line, no traceback, nothing fetched.
+            print(f"civicband: error: {error}", file=sys.stderr)
+            self.exitcode = EXIT_BAD_INPUT
+            return
+        debounce_signals(self.crawler_process)
         self.crawler_process.crawl(crawler, **opts.spargs)
         self.crawler_process.start()
         try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Self
+from typing import Any, Self
 
-from scrapy import Spider, signals
+from scrapy import signals
 from scrapy.crawler import Crawler
 from scrapy.statscollectors import StatsCollector
+
+from civicband import signals as civicband_signals
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +45,20 @@ class Outcome:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        """Listen for the end of the crawl."""
+        """Listen for the end of the crawl, and for the jobs' end after it."""
         extension = cls(crawler.stats)
         crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(extension.jobs_closed, signal=civicband_signals.jobs_closed)
         return extension
 
-    def spider_closed(self, spider: Spider, reason: str) -> None:
-        """Store the status the process will exit with."""
+    def spider_closed(self, reason: str) -> None:
+        """Remember why the crawl ended, before its jobs are closed."""
         self.stats.set_value("finish_reason", reason)
+        self.stats.set_value("civicband/exit_code", exit_status(self.stats))
+
+    def jobs_closed(self, summaries: list[dict[str, Any]]) -> None:
+        """Store the status the process will exit with, once jobs still held are paused."""
+        reason = self.stats.get_value("finish_reason")
         paused = self.stats.get_value("civicband/jobs/paused", 0)
         if reason == "finished" and paused:
             # Nothing interrupted the crawl, yet jobs were left unfinished: a request was lost.

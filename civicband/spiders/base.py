@@ -1,4 +1,4 @@
-"""What both spiders share: the crawl's database, honest headers, and stopping on bad input."""
+"""What both spiders share: the crawl's database, and stopping on bad input."""
 
 from __future__ import annotations
 
@@ -6,21 +6,11 @@ import logging
 
 from scrapy import Spider
 from scrapy.exceptions import CloseSpider
-from scrapy.settings import BaseSettings
 
 from civicband.extensions.outcome import EXIT_BAD_INPUT
 from civicband.store import Store
 
 logger = logging.getLogger(__name__)
-
-
-def service_headers(settings: BaseSettings, accept: str) -> dict[str, str]:
-    """The headers of every request to civic.band: the secret goes only in a header, never a log."""
-    headers = {"Accept": accept}
-    secret = settings.get("CIVICBAND_SERVICE_SECRET") or ""
-    if secret:
-        headers["X-Service-Secret"] = secret
-    return headers
 
 
 class StoreSpider(Spider):

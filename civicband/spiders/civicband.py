@@ -1,52 +1,53 @@
-"""The `civicband` spider: page through each site's agendas and minutes by Datasette's `next`."""
+"""The `civicband` spider: claim jobs from the run's queue and page through full passes by `next`.
+
+It is the dispatcher: it opens (or joins) the run, claims at most CIVICBAND_MAX_ACTIVE_JOBS
+jobs and more as they end, and starts each the way its mode says: a full pass pages here, a
+catch-up runs in civicband.catchup, verification in civicband.extensions.verify. Everything it
+knows about a job it reads from, and tells, the registry.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Self
 
-import psycopg
-from scrapy import Request
+from scrapy import Request, signals
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.retry import get_retry_request
+from scrapy.exceptions import DontCloseSpider, IgnoreRequest
 from scrapy.http import Response
 from scrapy.settings import BaseSettings
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
 from civicband import datasette, jobs
+from civicband import signals as civicband_signals
 from civicband.args import ArgumentError, SpiderArguments, parse_arguments, parse_batch_size
-from civicband.db import DatabaseError, one_line
-from civicband.items import CountItem, JobFailed, PageItem, RepairItem
+from civicband.catchup import CatchUp
+from civicband.db import DatabaseError, DatabaseUnavailable, one_line
+from civicband.items import PageItem
 from civicband.middlewares import RETRIES_EXHAUSTED, check_settings
-from civicband.repair import RepairState, chunks, differing_buckets, plan_bucket
-from civicband.spiders.base import StoreSpider, service_headers
+from civicband.registry import FETCHING, ActiveJob, Registry
+from civicband.source import REDIRECTS, Source, SourceError, Stopping
+from civicband.spiders.base import StoreSpider
 
 logger = logging.getLogger(__name__)
 
-REDIRECTS = [301, 302, 303, 307, 308]
-# Ids per by-id fetch: they travel in the URL, which Scrapy caps at URLLENGTH_LIMIT (2083).
-REPAIR_FETCH_SIZE = 60
+# Times one job's next page is asked again when the crawl went idle without it (a lost request).
+MAX_REISSUES = 3
 
 
-def sql_answer(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    """Hand a repair callback the rows of an SQL answer; dialect retries and errors stop here."""
+def wake_engine(crawler: Crawler) -> None:
+    """Have the engine look again whether the spider is idle.
 
-    @functools.wraps(method)
-    async def callback(self: CivicbandSpider, response: Response) -> AsyncIterator[Any]:
-        rows, instead = self._sql_rows(response)
-        if rows is None:
-            for output in instead:
-                yield output
-            return
-        async for output in method(self, response, rows):
-            yield output
-
-    return callback
+    Scrapy re-checks only when a request or item moves, or on its 5 s heartbeat; when the last
+    job ends in a database step, nothing moves. Scrapy has no public call for this.
+    """
+    slot = getattr(crawler.engine, "_slot", None)
+    if slot is not None:
+        slot.nextcall.schedule()
 
 
 class CivicbandSpider(StoreSpider):
@@ -59,18 +60,20 @@ class CivicbandSpider(StoreSpider):
         super().__init__(
             *args, **{k: v for k, v in kwargs.items() if k not in self.arguments.names}
         )
+        self.run_id = 0
+        self._refilling = False
+        self._more = True  # the queue may hold work this process could claim
+        self._told_busy: set[int] = set()
 
     @staticmethod
     def check_arguments(
         kwargs: dict[str, Any], settings: BaseSettings
-    ) -> tuple[SpiderArguments, str, int]:
-        """Validate arguments and settings before any request: (arguments, site URL, batch size)."""
+    ) -> tuple[SpiderArguments, int, int]:
+        """Validate arguments and settings before any request: (arguments, batch, max jobs)."""
         arguments = parse_arguments(kwargs)
-        if arguments.repair and arguments.verify_only:
-            raise ArgumentError("repair: give either repair=true or verify_only=true, not both")
         check_settings(settings)
         try:
-            site_url = datasette.check_site_url(settings.get("CIVICBAND_SITE_URL"))
+            datasette.check_site_url(settings.get("CIVICBAND_SITE_URL"))
         except ValueError as error:
             raise ArgumentError(str(error)) from None
         batch_size = arguments.batch_size
@@ -79,487 +82,455 @@ class CivicbandSpider(StoreSpider):
                 batch_size = parse_batch_size(settings.get("CIVICBAND_BATCH_SIZE"))
             except ArgumentError as error:
                 raise ArgumentError(f"CIVICBAND_BATCH_SIZE: {error}") from None
-        return arguments, site_url, batch_size
+        max_active = _positive(settings, "CIVICBAND_MAX_ACTIVE_JOBS")
+        guard = settings.get("CIVICBAND_SHRINK_GUARD")
+        try:
+            if not 0 <= float(guard) <= 1:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ArgumentError(
+                f"CIVICBAND_SHRINK_GUARD: expected a share between 0 and 1, got {guard!r}"
+            ) from None
+        _positive(settings, "CIVICBAND_PROGRESS_INTERVAL", integer=False, zero=True)
+        return arguments, batch_size, max_active
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         """Build the spider from checked arguments and settings."""
         spider = super().from_crawler(crawler, *args, **kwargs)
-        settings = crawler.settings
-        _, spider.site_url, spider.batch_size = cls.check_arguments(kwargs, settings)
-        spider.headers = service_headers(settings, "application/json")
-        spider.download_slot = settings.get("CIVICBAND_DOWNLOAD_SLOT")
+        _, spider.batch_size, spider.max_active = cls.check_arguments(kwargs, crawler.settings)
         # JOBDIR implies resume: rerunning the same command continues the same jobs.
-        spider.resume = spider.arguments.resume or bool(settings.get("JOBDIR"))
-        # Per running job, the cursor of the page to fetch next; the gate admits nothing else.
-        spider.active = {}
-        spider.inflight = set()
-        # Which Datasette line each site speaks, learnt from its table pages (SQL URLs differ).
-        spider.dialects = {}
-        spider.repairs = {}
-        spider.ready = asyncio.Event()
+        spider.resume = spider.arguments.resume or bool(crawler.settings.get("JOBDIR"))
+        crawler.signals.connect(spider.spider_idle, signal=signals.spider_idle)
+        crawler.signals.connect(spider.job_ended, signal=civicband_signals.job_ended)
+        crawler.signals.connect(spider.job_restarted, signal=civicband_signals.job_restarted)
         return spider
 
+    @property
+    def registry(self) -> Registry:
+        """This process's jobs."""
+        registry = self.crawler.get_extension(Registry)
+        assert registry is not None, "civicband.registry.Registry must be in EXTENSIONS"
+        return registry
+
+    @property
+    def source(self) -> Source:
+        """How the sites are asked."""
+        source = self.crawler.get_extension(Source)
+        assert source is not None, "civicband.source.Source must be in EXTENSIONS"
+        return source
+
+    # ---- the run and its queue ----------------------------------------------------------------
+
     async def start(self) -> AsyncIterator[Request]:
-        """Open the database, resolve the sites, and start one job per (site, type)."""
+        """Open the database, open or join the run, and start the first jobs claimed."""
         try:
             await self.store.open()
-            async with self.store.connection() as conn:
-                subdomains = self.arguments.subdomains
-                if subdomains == ["all"]:
-                    subdomains = await jobs.all_subdomains(conn)
-                    if not subdomains:
-                        raise self._stop(
-                            "subdomain=all: the municipalities table is empty;"
-                            " run `scrapy crawl civicband-sites` first, or name sites",
-                            "civicband_bad_argument",
-                        )
-                    known = set(subdomains)
-                else:
-                    known = await jobs.known_subdomains(conn, subdomains)
+            unknown = await self._open_run()
         except DatabaseError as error:
             raise self._stop(str(error), "civicband_database_unavailable") from None
-        queued = self.queued()
-        restored = dict(queued)
-        queued.clear()
-        try:
-            for subdomain in subdomains:
-                for document_type in self.arguments.document_types:
-                    if subdomain not in known:
-                        if self.arguments.verify_only or self.arguments.repair:
-                            self.crawler.stats.inc_value("civicband/sites/failed")
-                            logger.error(
-                                "%s is not in municipalities: nothing to verify or repair;"
-                                " crawl it first",
-                                subdomain,
-                            )
-                            continue
-                        yield self.page_request(None, subdomain, document_type, None)
-                        continue
-                    claim = await self._claim(subdomain, document_type)
-                    if claim is None or not claim.runs:
-                        continue
-                    if self.arguments.repair:
-                        self.repairs[claim.job_id] = RepairState()
-                        yield self.sql_request(
-                            claim.job_id,
-                            subdomain,
-                            document_type,
-                            datasette.bucket_counts_sql(document_type),
-                            self.parse_buckets,
-                        )
-                        continue
-                    if self.arguments.verify_only or claim.exhausted:
-                        # Nothing to fetch: only the count (verify_only, or a pass already done).
-                        yield self.count_request(claim.job_id, subdomain, document_type)
-                        continue
-                    self.active[claim.job_id] = claim.cursor
-                    if restored.get(str(claim.job_id), False) == claim.cursor:
-                        # JOBDIR holds this very request: it comes back from the disk queue.
-                        queued[str(claim.job_id)] = claim.cursor
-                        continue
-                    yield self.page_request(claim.job_id, subdomain, document_type, claim.cursor)
-        finally:
-            self.ready.set()
+        for subdomain in unknown:
+            yield self._probe(subdomain)
+        for request in await self._claim():
+            yield request
 
-    async def _claim(self, subdomain: str, document_type: str) -> jobs.Claim | None:
-        """Lease the job for one (site, type); one job's trouble must not end the others."""
-        try:
-            async with self.store.connection() as conn:
-                claim = await jobs.claim(
-                    conn, self.store, subdomain, document_type, resume=self.resume
-                )
-        except Exception as error:
-            self.crawler.stats.inc_value("civicband/jobs/failed")
-            logger.error(
-                "%s/%s: could not start a job: %s", subdomain, document_type, one_line(error)
-            )
-            return None
-        if claim.runs:
-            self.crawler.stats.inc_value("civicband/jobs/started")
-            if claim.how != "new":
-                self.crawler.stats.inc_value("civicband/jobs/resumed")
-                logger.info(
-                    "Job %s %s/%s %s from cursor %r",
-                    claim.job_id,
-                    subdomain,
-                    document_type,
-                    claim.how,
-                    claim.cursor,
-                )
-        else:
-            self.crawler.stats.inc_value("civicband/jobs/skipped")
-            logger.info(
-                "Job %s %s/%s is running in another process: skipped",
-                claim.job_id,
-                subdomain,
-                document_type,
-            )
-        return claim
-
-    def queued(self) -> dict[str, str | None]:
-        """Jobs with a page request outstanding, kept in spider.state so JOBDIR remembers them."""
-        state = getattr(self, "state", None)
-        if state is None:
-            self.state = state = {}
-        return state.setdefault("civicband_queued", {})
-
-    def job_ended(self, job_id: int) -> None:
-        """A job completed, failed or stopped: nothing more is fetched for it."""
-        self.active.pop(job_id, None)
-        self.inflight.discard(job_id)
-        self.queued().pop(str(job_id), None)
-
-    def page_request(
-        self, job_id: int | None, subdomain: str, document_type: str, cursor: str | None
-    ) -> Request:
-        """One API page; job_id None means the site is new and the job starts on its answer."""
-        root = datasette.site_root(self.site_url, subdomain)
-        if job_id is not None:
-            self.active[job_id] = cursor
-            self.queued()[str(job_id)] = cursor
-        return self._source_request(
-            datasette.table_url(root, document_type, self.batch_size, cursor),
-            self.parse_page,
-            self.page_failed,
-            REDIRECTS,
-            job_id=job_id,
-            subdomain=subdomain,
-            document_type=document_type,
-            cursor=cursor,
+    async def _open_run(self) -> list[str]:
+        """Open or join the run and queue its known sites' work; returns sites never seen."""
+        arguments = self.arguments
+        async with self.store.connection() as conn:
+            if arguments.subdomains == ["all"]:
+                sites = await jobs.all_subdomains(conn)
+                if not sites:
+                    raise self._stop(
+                        "subdomain=all: the municipalities table is empty;"
+                        " run `scrapy crawl civicband-sites` first, or name sites",
+                        "civicband_bad_argument",
+                    )
+                known = set(sites)
+            else:
+                sites = arguments.subdomains
+                known = await jobs.known_subdomains(conn, sites)
+        unknown = [site for site in sites if site not in known]
+        if unknown and arguments.mode in ("verify_only", "repair"):
+            for site in unknown:
+                self.crawler.stats.inc_value("civicband/sites/failed")
+                logger.error("%s is not in municipalities: nothing to verify or repair", site)
+            unknown = []
+        run = jobs.RunArguments(
+            subdomains=tuple(sorted(arguments.subdomains)),
+            document_types=arguments.document_types,
+            mode=arguments.mode,
+            allow_shrink=arguments.allow_shrink,
         )
 
-    def _source_request(
-        self, url: str, callback: Any, errback: Any, statuses: list[int], **meta: Any
-    ) -> Request:
-        """Every request to a site: honest headers, the shared slot, redirects seen not followed."""
-        return Request(
-            url,
-            callback=callback,
-            errback=errback,
-            headers=self.headers,
-            dont_filter=True,
-            meta={
-                **meta,
-                "download_slot": self.download_slot,
-                "dont_redirect": True,
-                "handle_httpstatus_list": statuses,
-            },
+        async def work(conn: Any) -> tuple[int, bool, jobs.Queued]:
+            run_id, joined = await jobs.open_run(conn, run, self.store.join_run)
+            queued = await self._enqueue(conn, run_id, [s for s in sites if s in known])
+            return run_id, joined, queued
+
+        self.run_id, joined, queued = await self.store.transact(work, "opening the run")
+        self._log_queued(joined, queued)
+        return unknown
+
+    async def _enqueue(self, conn: Any, run_id: int, sites: list[str]) -> jobs.Queued:
+        wanted = [(site, kind) for site in sites for kind in self.arguments.document_types]
+        return await jobs.enqueue(
+            conn, run_id, wanted, mode=self.arguments.mode, resume=self.resume
+        )
+
+    def _log_queued(self, joined: bool, queued: jobs.Queued) -> None:
+        how = "joined the live run" if joined else "started run"
+        logger.info(
+            "Run %s: %s; queued %d new jobs, continued %d, replaced %d abandoned",
+            self.run_id,
+            how,
+            queued.added,
+            queued.reopened,
+            queued.abandoned,
+        )
+        for site, kind, job_id in queued.skipped:
+            self.crawler.stats.inc_value("civicband/jobs/skipped")
+            logger.info(
+                "Job %s %s/%s is queued or running in another process: skipped", job_id, site, kind
+            )
+
+    def _probe(self, subdomain: str) -> Request:
+        """A named site the mirror does not know: it joins once it answers with JSON."""
+        kind = self.arguments.document_types[0]
+        return self.source.request(
+            self.source.page_url(subdomain, kind, 1, None),
+            callback=self.parse_probe,
+            errback=self.probe_failed,
+            subdomain=subdomain,
+        )
+
+    async def parse_probe(self, response: Response) -> AsyncIterator[Request]:
+        """JSON: add the site and queue its work; a redirect: an unknown site."""
+        subdomain = response.meta["subdomain"]
+        if response.status in REDIRECTS:
+            location = (response.headers.get("Location") or b"?").decode("latin-1")
+            self._site_failed(subdomain, f"unknown site: {response.url} redirects to {location}")
+            return
+        try:
+            datasette.parse_table_page(response.body)
+        except datasette.SourceError as error:
+            retry = get_retry_request(response.request, spider=self, reason="civicband_bad_answer")
+            if error.retryable and retry is not None:
+                yield retry
+            else:
+                self._site_failed(subdomain, f"{error} at {response.url}")
+            return
+        self.source.learn(subdomain, response.body)
+
+        async def work(conn: Any) -> tuple[bool, jobs.Queued]:
+            await jobs.lock_queue(conn)
+            added = await jobs.add_municipality(conn, subdomain)
+            return added, await self._enqueue(conn, self.run_id, [subdomain])
+
+        try:
+            added, queued = await self.store.transact(work, f"adding {subdomain}")
+        except DatabaseError as error:
+            self.crawler.stats.inc_value("civicband/db/errors")
+            logger.error("%s: could not add it to municipalities: %s", subdomain, error)
+            return
+        if added:
+            self.crawler.stats.inc_value("civicband/sites/added")
+            logger.info("%s answers with JSON: added to municipalities", subdomain)
+        self._log_queued(True, queued)
+        self._more = True
+        for request in await self._claim():
+            yield request
+
+    def probe_failed(self, failure: Failure) -> None:
+        """A new site that never answered (network, HTTP errors after retries)."""
+        if failure.check(IgnoreRequest):
+            return
+        request = failure.request  # type: ignore[attr-defined]
+        self._site_failed(request.meta["subdomain"], _describe(failure, request))
+
+    def _site_failed(self, subdomain: str, error: str) -> None:
+        self.crawler.stats.inc_value("civicband/sites/failed")
+        self.registry.site_failures[subdomain] = error
+        for kind in self.arguments.document_types:
+            logger.error("%s/%s: %s", subdomain, kind, error)
+
+    # ---- claiming and starting jobs -----------------------------------------------------------
+
+    async def _claim(self) -> list[Request]:
+        """Claim what this process may still run, start each job, return their first requests."""
+        registry = self.registry
+        limit = self.max_active - len(registry.jobs)
+        if limit <= 0 or not self.crawler.crawling or registry.database_down:
+            return []
+        store = self.store
+
+        async def work(conn: Any) -> list[jobs.Claim]:
+            taken: list[int] = []
+
+            async def lease(job_id: int) -> bool:
+                if await store.try_lease(job_id):
+                    taken.append(job_id)
+                    return True
+                return False
+
+            try:
+                claims = await jobs.claim(conn, self.run_id, limit, lease)
+                if not claims:
+                    busy = await jobs.busy_elsewhere(conn, self.run_id, registry.jobs)
+                    self._tell_busy(busy)
+                return claims
+            except BaseException:
+                for job_id in taken:
+                    await store.release(job_id)
+                raise
+
+        try:
+            claims = await store.transact(work, "claiming jobs")
+        except DatabaseUnavailable as error:
+            await registry.database_lost(error)
+            return []
+        except DatabaseError as error:
+            self.crawler.stats.inc_value("civicband/db/errors")
+            logger.error("Could not claim jobs: %s", error)
+            return []
+        if not claims:
+            self._more = False
+        requests: list[Request] = []
+        for claim in claims:
+            requests.extend(self._start_job(claim))
+        return requests
+
+    def _tell_busy(self, busy: list[tuple[int, str, str]]) -> None:
+        for job_id, site, kind in busy:
+            if job_id not in self._told_busy:
+                self._told_busy.add(job_id)
+                self.crawler.stats.inc_value("civicband/jobs/skipped")
+                logger.info(
+                    "Job %s %s/%s is running in another process: skipped", job_id, site, kind
+                )
+
+    def _start_job(self, claim: jobs.Claim) -> list[Request]:
+        arguments = self.arguments
+        job = self.registry.add(
+            claim, self.run_id, allow_shrink=arguments.allow_shrink, repair=arguments.repair
+        )
+        stats = self.crawler.stats
+        stats.inc_value("civicband/jobs/started")
+        if claim.took_over:
+            stats.inc_value("civicband/jobs/taken_over")
+        if claim.cursor is not None or claim.exhausted or claim.pages_fetched:
+            stats.inc_value("civicband/jobs/resumed")
+            logger.info(
+                "%s (%s) %s from cursor %r",
+                job,
+                claim.mode,
+                "taken over" if claim.took_over else "resumed",
+                claim.cursor,
+            )
+        else:
+            logger.info("%s started (%s)", job, claim.mode)
+        if claim.exhausted or claim.mode == jobs.VERIFY:
+            self.registry.exhausted(job)  # only verification is left
+            return []
+        if claim.mode == jobs.CATCHUP:
+            catchup = self.crawler.get_extension(CatchUp)
+            assert catchup is not None, "civicband.catchup.CatchUp must be in EXTENSIONS"
+            catchup.start(job)
+            return []
+        return self._paging(job)
+
+    def _paging(self, job: ActiveJob) -> list[Request]:
+        """A full pass starts (or goes on): its source count for progress, and its next page."""
+        job.state = FETCHING
+        self.registry.spawn(job, self._take_count(job), "counting the source's rows")
+        return [self.page_request(job)]
+
+    async def _take_count(self, job: ActiveJob) -> None:
+        try:
+            job.rows_expected = await self.source.count(job.subdomain, job.document_type)
+        except (SourceError, Stopping) as error:
+            logger.debug("%s: no source count for progress: %s", job, error)
+
+    def job_restarted(self, job: ActiveJob) -> None:
+        """A catch-up became a full pass: page it from the start."""
+        for request in self._paging(job):
+            self.crawler.engine.crawl(request)
+
+    def job_ended(self, job: ActiveJob, status: str) -> None:
+        """A job left this process: claim more work, if the queue has any."""
+        self._more = True
+        self._refill()
+
+    def _refill(self) -> None:
+        if self._refilling or not self.crawler.crawling:
+            return
+        self._refilling = True
+
+        async def refill() -> None:
+            try:
+                for request in await self._claim():
+                    self.crawler.engine.crawl(request)
+            finally:
+                self._refilling = False
+                wake_engine(self.crawler)
+
+        asyncio.ensure_future(refill())
+
+    def spider_idle(self) -> None:
+        """Stay open while jobs run or the queue may hold more; ask again for a lost page."""
+        registry = self.registry
+        if self._refilling:
+            raise DontCloseSpider
+        if registry.jobs:
+            for job in list(registry.jobs.values()):
+                self._reissue_if_stalled(job)
+            raise DontCloseSpider
+        if self._more and self.crawler.crawling and not registry.database_down:
+            self._refill()
+            raise DontCloseSpider
+
+    def _reissue_if_stalled(self, job: ActiveJob) -> None:
+        """Idle means nothing is queued, downloading or being stored: a paging job is stuck."""
+        if job.stopped or job.mode != jobs.FULL or job.state != FETCHING or job.inflight:
+            return
+        if self.registry.busy(job) or job.write_lock.locked():
+            return
+        if job.reissued >= MAX_REISSUES:
+            error = "stalled: the request for its next page was lost"
+            asyncio.ensure_future(self.registry.fail(job, error))
+            return
+        job.reissued += 1
+        self.crawler.stats.inc_value("civicband/requests/reissued")
+        logger.warning("%s: no request for its next page was in flight; asking again", job)
+        self.crawler.engine.crawl(self.page_request(job))
+
+    # ---- paging -------------------------------------------------------------------------------
+
+    def page_request(self, job: ActiveJob) -> Request:
+        """The job's next API page."""
+        return self.source.request(
+            self.source.page_url(job.subdomain, job.document_type, self.batch_size, job.cursor),
+            callback=self.parse_page,
+            errback=self.page_failed,
+            statuses=[400],
+            job_id=job.job_id,
+            token=job.lease.token,
+            subdomain=job.subdomain,
+            document_type=job.document_type,
+            cursor=job.cursor,
         )
 
     async def parse_page(self, response: Response) -> AsyncIterator[Any]:
         """Turn one answer into a PageItem and the request for the page after it."""
         meta = response.meta
-        job_id, subdomain, document_type = meta["job_id"], meta["subdomain"], meta["document_type"]
-        self.inflight.discard(job_id)
-        if job_id is not None and job_id in self.store.stopped_jobs:
-            return
+        job = self.registry.get(meta["job_id"], meta.get("token"))
+        if job is None or meta["cursor"] != job.cursor:
+            return  # stopped, lost, or claimed anew since: its pages are not ours to store
+        job.inflight = False
+        for output in self._read_page(job, response):
+            yield output
+
+    def _read_page(self, job: ActiveJob, response: Response) -> Iterator[Any]:
+        meta = response.meta
         if response.status in REDIRECTS:
-            error = f"unknown site: {response.url} redirects to {self._location(response)}"
-            for item in self._failure(meta, error):
-                yield item
+            location = (response.headers.get("Location") or b"?").decode("latin-1")
+            self._fail(job, f"unknown site: {response.url} redirects to {location}")
+            return
+        if response.status == 400:
+            limit = datasette.page_size_limit(response.status, response.body)
+            if limit is not None and limit < self.source.page_limits.get(job.subdomain, 10**9):
+                # A Datasette whose max_returned_rows is below our batch size: ask smaller pages.
+                self.source.page_limits[job.subdomain] = limit
+                logger.info("%s accepts pages of at most %d rows", job.subdomain, limit)
+                yield self.page_request(job)
+                return
+            self._fail(job, f"HTTP 400 at {response.url}")
             return
         try:
             page = datasette.parse_table_page(response.body)
         except datasette.SourceError as error:
             retry = get_retry_request(response.request, spider=self, reason="civicband_bad_answer")
             if error.retryable and retry is not None:
+                job.inflight = True
                 yield retry
                 return
-            for item in self._failure(meta, f"{error} at {response.url}", retries_exhausted=True):
-                yield item
+            self._fail(job, f"{error} at {response.url}", retries_exhausted=True)
             return
-        if job_id is None:
-            try:
-                async with self.store.connection() as conn:
-                    job_id, added = await jobs.create_job(
-                        conn, subdomain, document_type, new_site=True
-                    )
-            except psycopg.errors.UniqueViolation:
-                self.crawler.stats.inc_value("civicband/jobs/skipped")
-                logger.info(
-                    "%s/%s is running in another process: skipped", subdomain, document_type
-                )
-                return
-            await self.store.try_lease(job_id)
-            self.crawler.stats.inc_value("civicband/jobs/started")
-            if added:
-                self.crawler.stats.inc_value("civicband/sites/added")
-                logger.info("%s answers with JSON: added to municipalities", subdomain)
-        self.dialects.setdefault(subdomain, datasette.dialect_of_body(response.body))
+        problem = self._not_advancing(job, meta["cursor"], page)
+        if problem:
+            self._fail(job, f"the source misbehaves: {problem} at {response.url}")
+            return
+        self.source.learn(job.subdomain, response.body)
+        job.cursor = page.next
         if page.next is not None:
-            yield self.page_request(job_id, subdomain, document_type, page.next)
+            yield self.page_request(job)
         yield PageItem(
-            job_id=job_id,
-            subdomain=subdomain,
-            document_type=document_type,
+            job_id=job.job_id,
+            token=job.lease.token,
+            subdomain=job.subdomain,
+            document_type=job.document_type,
             cursor_in=meta["cursor"],
             cursor_out=page.next,
             rows=page.rows,
             url=response.url,
+            unicode_checked=page.unicode_checked,
         )
-
-        if page.next is None:
-            yield self.count_request(job_id, subdomain, document_type)
-
-    def count_request(self, job_id: int, subdomain: str, document_type: str) -> Request:
-        """The source's own count for verification, through the engine like any page."""
-        dialect = self.dialects.get(subdomain, "1.0")
-        root = datasette.site_root(self.site_url, subdomain)
-        return self._source_request(
-            datasette.count_url(root, document_type, dialect),
-            self.parse_count,
-            self.count_failed,
-            [*REDIRECTS, 400, 500, 502, 503, 504],
-            job_id=job_id,
-            subdomain=subdomain,
-            document_type=document_type,
-            dialect=dialect,
-        )
-
-    async def parse_count(self, response: Response) -> AsyncIterator[Any]:
-        """Expected = the source's count; a count Datasette gave up on is unknown."""
-        meta = response.meta
-        if response.status >= 300:
-            body = response.body[:2000].lower()
-            if meta["dialect"] == "1.0" and response.status == 400 and b"no such table" in body:
-                # Datasette 0.65 has no /-/query: ask again in its dialect.
-                self.dialects[meta["subdomain"]] = "0.65"
-                yield self.count_request(meta["job_id"], meta["subdomain"], meta["document_type"])
-                return
-            yield self._count(meta, None, f"HTTP {response.status} at {response.url}")
-            return
-        try:
-            expected = datasette.parse_count(response.body)
-        except datasette.SourceError as error:
-            yield self._count(meta, None, f"{error} at {response.url}")
-            return
-        note = "" if expected is not None else "the count timed out"
-        yield self._count(meta, expected, note)
-
-    def count_failed(self, failure: Failure) -> Any:
-        """The count could not be taken (network, timeouts): verification is unknown."""
-        request = failure.request  # type: ignore[attr-defined]
-        error = f"{failure.type.__name__}: {one_line(failure.value)} at {request.url}"
-        return [self._count(request.meta, None, error)]
 
     @staticmethod
-    def _count(meta: dict[str, Any], expected: int | None, note: str) -> CountItem:
-        return CountItem(
-            job_id=meta["job_id"],
-            subdomain=meta["subdomain"],
-            document_type=meta["document_type"],
-            expected=expected,
-            note=note,
+    def _not_advancing(job: ActiveJob, cursor: str | None, page: datasette.TablePage) -> str:
+        """Why this page does not move the job forward (`next` repeats, ids go back), or ''."""
+        if page.next is not None and page.next == cursor:
+            return f"`next` does not advance ({page.next!r} again)"
+        ids = [r["id"] for r in page.rows if isinstance(r, dict) and isinstance(r.get("id"), str)]
+        if ids and job.last_id is not None and min(ids) <= job.last_id:
+            return f"ids do not increase ({min(ids)!r} after {job.last_id!r})"
+        if ids:
+            job.last_id = max(ids)
+        return ""
+
+    def _fail(self, job: ActiveJob, error: str, *, retries_exhausted: bool = False) -> None:
+        self.registry.spawn(
+            job,
+            self.registry.fail(job, error, retries_exhausted=retries_exhausted),
+            "recording a failure",
         )
 
-    def sql_request(
-        self,
-        job_id: int,
-        subdomain: str,
-        document_type: str,
-        sql: str,
-        callback: Any,
-        **params: Any,
-    ) -> Request:
-        """A read-only SQL query for repair, in the site's Datasette dialect."""
-        dialect = self.dialects.get(subdomain, "1.0")
-        root = datasette.site_root(self.site_url, subdomain)
-        return self._source_request(
-            datasette.sql_url(root, dialect, sql, **{k: str(v) for k, v in params.items()}),
-            callback,
-            self.repair_failed,
-            [400],
-            job_id=job_id,
-            subdomain=subdomain,
-            document_type=document_type,
-            dialect=dialect,
-            sql=sql,
-            params=params,
-        )
-
-    def _sql_rows(self, response: Response) -> tuple[list[dict[str, Any]] | None, Any]:
-        """The rows of an SQL answer, or (None, what to yield instead)."""
-        meta = response.meta
-        if response.status == 400:
-            body = response.body[:2000].lower()
-            if meta["dialect"] == "1.0" and b"no such table" in body:
-                # Datasette 0.65 has no /-/query: ask again in its dialect.
-                self.dialects[meta["subdomain"]] = "0.65"
-                request = self.sql_request(
-                    meta["job_id"],
-                    meta["subdomain"],
-                    meta["document_type"],
-                    meta["sql"],
-                    response.request.callback,
-                    **meta["params"],
-                )
-                return None, [request]
-            return None, self._repair_stop(meta, f"HTTP 400 at {response.url}")
-        try:
-            rows = datasette.parse_table_page(response.body).rows
-        except datasette.SourceError as error:
-            return None, self._repair_stop(meta, f"{error} at {response.url}")
-        if not all(isinstance(row, dict) for row in rows):
-            return None, self._repair_stop(meta, f"malformed SQL answer at {response.url}")
-        return rows, None
-
-    def _repair_stop(self, meta: dict[str, Any], error: str) -> list[JobFailed]:
-        """Repair never deletes on partial data: any failure ends the job, nothing guessed."""
-        self.repairs.pop(meta["job_id"], None)
-        return list(self._failure(meta, f"repair: {error}"))
-
-    def repair_failed(self, failure: Failure) -> Any:
-        """A repair query could not be answered: the job fails, the mirror is left as it was."""
-        request = failure.request  # type: ignore[attr-defined]
-        self.inflight.discard(request.meta["job_id"])
-        if failure.check(HttpError):
-            error = f"HTTP {failure.value.response.status} at {request.url}"
-        else:
-            error = f"{failure.type.__name__}: {one_line(failure.value)} at {request.url}"
-        return self._repair_stop(request.meta, error)
-
-    @sql_answer
-    async def parse_buckets(
-        self, response: Response, rows: list[dict[str, Any]]
-    ) -> AsyncIterator[Any]:
-        """Compare per-prefix counts with the mirror; list ids only where they differ."""
-        meta = response.meta
-        job_id, subdomain, document_type = meta["job_id"], meta["subdomain"], meta["document_type"]
-        source = {row["bucket"]: int(row["n"]) for row in rows if row.get("bucket") is not None}
-        nameless = sum(int(row["n"]) for row in rows if row.get("bucket") is None)
-        if nameless:
-            logger.warning("%s/%s: %s source rows have no id", subdomain, document_type, nameless)
-        async with self.store.connection() as conn:
-            local = await jobs.local_buckets(conn, subdomain, document_type)
-        state = self.repairs[job_id]
-        state.open_buckets = set(differing_buckets(source, local))
-        self.crawler.stats.inc_value("civicband/repair/buckets", len(state.open_buckets))
-        logger.info(
-            "Job %s %s/%s repair: %s of %s id buckets differ",
-            job_id,
-            subdomain,
-            document_type,
-            len(state.open_buckets),
-            len(source.keys() | local.keys()),
-        )
-        if not state.open_buckets:
-            self.repairs.pop(job_id, None)
-            yield self.count_request(job_id, subdomain, document_type)
-            return
-        for bucket in sorted(state.open_buckets):
-            yield self._list_request(meta, bucket, "")
-
-    def _list_request(self, meta: dict[str, Any], bucket: str, after: str) -> Request:
-        low, high = datasette.bucket_range(bucket)
-        request = self.sql_request(
-            meta["job_id"],
-            meta["subdomain"],
-            meta["document_type"],
-            datasette.bucket_ids_sql(meta["document_type"]),
-            self.parse_bucket_ids,
-            low=low,
-            high=high,
-            after=after,
-        )
-        request.meta["bucket"] = bucket
-        return request
-
-    @sql_answer
-    async def parse_bucket_ids(
-        self, response: Response, rows: list[dict[str, Any]]
-    ) -> AsyncIterator[Any]:
-        """Collect a bucket's ids; once the listing is complete, fetch and delete exactly."""
-        meta = response.meta
-        job_id, bucket = meta["job_id"], meta["bucket"]
-        state = self.repairs.get(job_id)
-        if state is None:
-            return
-        listed = state.listed.setdefault(bucket, [])
-        listed.extend(str(row["id"]) for row in rows)
-        if len(rows) >= datasette.MAX_PAGE_SIZE:
-            yield self._list_request(meta, bucket, listed[-1])
-            return
-        async with self.store.connection() as conn:
-            local, rejected = await jobs.ids_in_bucket(
-                conn, meta["subdomain"], meta["document_type"], *datasette.bucket_range(bucket)
-            )
-        missing, extra = plan_bucket(listed, local, rejected)
-        if extra:
-            yield RepairItem(
-                job_id, meta["subdomain"], meta["document_type"], delete_ids=extra, url=response.url
-            )
-        batches = chunks(missing, REPAIR_FETCH_SIZE)
-        state.fetching[bucket] = len(batches)
-        for ids in batches:
-            request = self.sql_request(
-                job_id,
-                meta["subdomain"],
-                meta["document_type"],
-                datasette.rows_by_id_sql(meta["document_type"]),
-                self.parse_fetched,
-                ids=json.dumps(ids, separators=(",", ":")),
-            )
-            request.meta["bucket"] = bucket
-            yield request
-        if not batches and state.bucket_done(bucket):
-            self.repairs.pop(job_id, None)
-            yield self.count_request(job_id, meta["subdomain"], meta["document_type"])
-
-    @sql_answer
-    async def parse_fetched(
-        self, response: Response, rows: list[dict[str, Any]]
-    ) -> AsyncIterator[Any]:
-        """Rows fetched by id go to the pipeline; when every bucket is done, verify."""
-        meta = response.meta
-        job_id, bucket = meta["job_id"], meta["bucket"]
-        yield RepairItem(
-            job_id, meta["subdomain"], meta["document_type"], rows=rows, url=response.url
-        )
-        state = self.repairs.get(job_id)
-        if state is None:
-            return
-        state.fetching[bucket] -= 1
-        if state.fetching[bucket] == 0 and state.bucket_done(bucket):
-            self.repairs.pop(job_id, None)
-            yield self.count_request(job_id, meta["subdomain"], meta["document_type"])
-
-    @staticmethod
-    def _location(response: Response) -> str:
-        return (response.headers.get("Location") or b"?").decode("latin-1")
-
-    def _failure(
-        self, meta: dict[str, Any], error: str, *, retries_exhausted: bool = False
-    ) -> Iterator[JobFailed]:
-        """The job for this request cannot go on; a site never seen before has no job to fail."""
-        if meta["job_id"] is None:
-            self.crawler.stats.inc_value("civicband/sites/failed")
-            logger.error("%s/%s: %s", meta["subdomain"], meta["document_type"], error)
-            return
-        yield JobFailed(
-            job_id=meta["job_id"],
-            subdomain=meta["subdomain"],
-            document_type=meta["document_type"],
-            error=error,
-            retries_exhausted=retries_exhausted,
-        )
-
-    async def page_failed(self, failure: Failure) -> AsyncIterator[Any]:
+    async def page_failed(self, failure: Failure) -> None:
         """Retries are used up, or the answer was an error that retrying cannot fix."""
+        if failure.check(IgnoreRequest):
+            return  # dropped by the gate, or the crawl is stopping: never a job's failure
         request = failure.request  # type: ignore[attr-defined]
-        self.inflight.discard(request.meta["job_id"])
-        if failure.check(HttpError):
-            response = failure.value.response
-            error = f"HTTP {response.status} at {response.url}"
-            exhausted = (
-                response.status >= 500
-                or response.status == 429
-                or bool(request.meta.get(RETRIES_EXHAUSTED))
-            )
-        else:
-            error = f"{failure.type.__name__}: {one_line(failure.value)} at {request.url}"
-            exhausted = True
-        if request.meta["job_id"] in self.store.stopped_jobs:
+        job = self.registry.get(request.meta["job_id"], request.meta.get("token"))
+        if job is None or request.meta["cursor"] != job.cursor:
             return
-        for item in self._failure(request.meta, error, retries_exhausted=exhausted):
-            yield item
+        job.inflight = False
+        if not self.crawler.crawling:
+            return  # stopping: the job is paused, not failed
+        exhausted = True
+        if failure.check(HttpError):
+            status = failure.value.response.status
+            exhausted = status >= 500 or status == 429 or bool(request.meta.get(RETRIES_EXHAUSTED))
+        await self.registry.fail(job, _describe(failure, request), retries_exhausted=exhausted)
+
+
+def _describe(failure: Failure, request: Request) -> str:
+    """A failed request in one line: its status or error, and its URL."""
+    if failure.check(HttpError):
+        return f"HTTP {failure.value.response.status} at {failure.value.response.url}"
+    return f"{failure.type.__name__}: {one_line(failure.value)} at {request.url}"
+
+
+def _positive(
+    settings: BaseSettings, name: str, *, integer: bool = True, zero: bool = False
+) -> Any:
+    """A positive number setting, or a one-line error naming it."""
+    raw = settings.get(name)
+    try:
+        value = int(raw) if integer else float(raw)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value < 0 or (value == 0 and not zero):
+        least = "0 or more" if zero else "above 0"
+        kind = "a whole number" if integer else "a number"
+        raise ArgumentError(f"{name}: expected {kind} {least}, got {raw!r}")
+    return value

@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 from civicband.args import ArgumentError
 from civicband.datasette import SUBDOMAIN
 from civicband.db import DatabaseError, one_line, query, redact
-from civicband.spiders.base import StoreSpider, service_headers
+from civicband.source import service_headers
+from civicband.spiders.base import StoreSpider
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,262 @@
+"""Catch-up: bring a (site, type) the mirror already holds up to date at the cost of what changed.
+
+Digests first (one request for most tables); ids and fingerprints of the differing buckets only;
+then exactly the new and changed pages by id; then the vanished ones deleted, after complete
+listings and within the shrink guard; then verification (civicband.extensions.verify) judges
+against the digest taken at the start. A catch-up that would cost more requests than a full
+pass becomes one, unless it was asked for with repair=true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Self
+
+from scrapy.crawler import Crawler
+from scrapy.exceptions import DropItem, NotConfigured
+
+from civicband import digest, jobs, mirror
+from civicband import signals as civicband_signals
+from civicband.datasette import MAX_PAGE_SIZE, SourceError
+from civicband.digest import OTHER, Difference
+from civicband.pipelines import PageWriter, guarded_write
+from civicband.registry import CATCHING_UP, FETCHING, ActiveJob, Registry
+from civicband.rows import clean_page, raw_text
+from civicband.source import Source, Stopping
+from civicband.store import Store
+
+logger = logging.getLogger(__name__)
+
+# Ids one by-id request carries, about: 12 hex digits in a JSON list, within URLLENGTH_LIMIT.
+IDS_PER_REQUEST = 100
+
+
+def raw_md5(row: Mapping[str, Any]) -> str:
+    """The md5 PostgreSQL computes over a rejected row's raw text (rejected_rows.raw_md5)."""
+    return hashlib.md5(raw_text(row).encode("utf-8")).hexdigest()  # noqa: S324 - not security
+
+
+def other_difference(
+    source_rows: Iterable[Mapping[str, Any]],
+    pages: Mapping[str, int],
+    rejected: Iterable[tuple[str | None, str]],
+) -> Difference:
+    """The `~` bucket (NULL and non-hex ids) compared row by row: by id, else by raw content."""
+    rejected = list(rejected)
+    rejected_md5s = {md5 for _, md5 in rejected}
+    source_ids: dict[str, int] = {}
+    source_md5s: set[str] = set()
+    missing: list[str] = []
+    for row in source_rows:
+        row_id, md5 = row.get("id"), raw_md5(row)
+        source_md5s.add(md5)
+        if isinstance(row_id, str):
+            source_ids[row_id] = digest.content_fp(row)
+        if not (isinstance(row_id, str) and row_id in pages) and md5 not in rejected_md5s:
+            missing.append(f"{row_id!r} (not 12 hex digits)")
+    extra = sorted(i for i in pages if i not in source_ids)
+    stale = sorted(i for i in pages if i in source_ids and source_ids[i] != pages[i])
+    gone = sorted(md5 for _, md5 in rejected if md5 not in source_md5s)
+    return Difference(missing, extra, stale, gone)
+
+
+def shrink_refusal(
+    subdomain: str, document_type: str, removing: int, local: int, source: int, guard: float
+) -> str:
+    """The one-line reason nothing was deleted, and how to accept the shrink."""
+    return (
+        f"Refusing to remove {removing} of {local} pages of {subdomain}/{document_type}: the"
+        f" source holds {source} rows, below CIVICBAND_SHRINK_GUARD ({guard:g}) of the mirror's"
+        " (a site caught mid-rebuild?). Nothing was deleted; run again later, or accept the"
+        " shrink with -a allow_shrink=true"
+    )
+
+
+class CatchUp:
+    """Run catch-ups of the jobs the spider claims in catch-up mode."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.guard = crawler.settings.getfloat("CIVICBAND_SHRINK_GUARD")
+        self.batch_size = crawler.settings.getint("CIVICBAND_BATCH_SIZE") or MAX_PAGE_SIZE
+        self.writer = PageWriter(crawler)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        """Only the civicband spider catches up."""
+        if crawler.spidercls.name != "civicband":
+            raise NotConfigured("CatchUp serves the civicband spider only")
+        return cls(crawler)
+
+    def _component(self, kind: type) -> Any:
+        component = self.crawler.get_extension(kind)
+        assert component is not None, f"{kind.__module__}.{kind.__name__} must be in EXTENSIONS"
+        return component
+
+    def start(self, job: ActiveJob) -> None:
+        """Begin a job's catch-up as a step of its own."""
+        job.state = CATCHING_UP
+        registry: Registry = self._component(Registry)
+        registry.spawn(job, self.run(job), "the catch-up")
+
+    async def run(self, job: ActiveJob) -> None:
+        """The whole catch-up of one job; a source that cannot answer fails it, deleting nothing."""
+        registry: Registry = self._component(Registry)
+        try:
+            await self._run(job, registry)
+        except Stopping:
+            return
+        except SourceError as error:
+            await registry.fail(job, f"catch-up: {error}")
+        except DropItem:
+            return  # a write ended the job, and said why
+
+    async def _run(self, job: ActiveJob, registry: Registry) -> None:
+        store: Store = self._component(Store)
+        source: Source = self._component(Source)
+        site, kind = job.subdomain, job.document_type
+
+        async def local_state(conn: Any) -> tuple[digest.Digest, tuple[int, int]]:
+            return (
+                await mirror.local_digest(conn, site, kind),
+                await mirror.local_counts(conn, site, kind),
+            )
+
+        local, (pages, rejected) = await guarded_write(
+            registry, job, "reading the mirror", store.transact(local_state, f"reading {site}")
+        )
+        source_digest = await source.digest(site, kind, size_hint=pages + rejected)
+        expected = digest.count(source_digest)
+        differ = digest.differing(source_digest, local)
+        self.stats.inc_value("civicband/catchup/buckets", len(differ))
+        logger.info(
+            "%s catch-up: %d of %d id buckets differ",
+            job,
+            len(differ),
+            len(source_digest.keys() | local.keys()),
+        )
+        if not differ:
+            registry.exhausted(job, source_digest)
+            return
+        hexes = [b for b in differ if b != OTHER]
+        source_ids = await source.listing(site, kind, hexes) if hexes else {}
+        local_ids, rejected_ids = await guarded_write(
+            registry,
+            job,
+            "reading the mirror",
+            store.transact(lambda conn: mirror.listing(conn, site, kind, hexes), f"listing {site}"),
+        )
+        difference = digest.compare(source_ids, local_ids, rejected_ids)
+        other_rows: list[dict[str, Any]] = []
+        other_checked = True
+        if OTHER in differ:
+            other_rows, other_checked = await source.other_rows(site, kind)
+            other_pages, other_rejected = await guarded_write(
+                registry,
+                job,
+                "reading the mirror",
+                store.transact(
+                    lambda conn: mirror.other_listing(conn, site, kind), f"listing {site}"
+                ),
+            )
+            difference += other_difference(other_rows, other_pages, other_rejected)
+        to_fetch = difference.to_fetch
+        if not job.repair and self._cheaper_to_page(len(to_fetch), expected):
+            await self._become_full_pass(job, registry, store, len(to_fetch))
+            return
+        job.rows_expected = job.rows_done + len(to_fetch) + len(other_rows)
+        async for rows, checked in source.rows_by_id(site, kind, to_fetch):
+            await self._store(job, registry, rows, checked)
+        if other_rows:
+            await self._store(job, registry, other_rows, other_checked)
+        await self._delete(job, registry, store, difference, expected, pages + rejected)
+        registry.exhausted(job, source_digest)
+
+    def _cheaper_to_page(self, fetch: int, expected: int) -> bool:
+        """Whether a full pass would take fewer requests than fetching these rows by id."""
+        by_id = math.ceil(fetch / IDS_PER_REQUEST)
+        paging = math.ceil(expected / self.batch_size) + 1
+        return by_id > paging
+
+    async def _become_full_pass(
+        self, job: ActiveJob, registry: Registry, store: Store, fetch: int
+    ) -> None:
+        await guarded_write(
+            registry,
+            job,
+            "restarting as a full pass",
+            store.transact(
+                lambda conn: jobs.restart_full(conn, job.lease), f"restarting {job.lease}"
+            ),
+        )
+        self.stats.inc_value("civicband/catchup/full_passes")
+        logger.info(
+            "%s: %d pages differ, more than a full pass costs: paging through instead", job, fetch
+        )
+        job.mode, job.cursor, job.last_id, job.state = jobs.FULL, None, None, FETCHING
+        self.crawler.signals.send_catch_log(civicband_signals.job_restarted, job=job)
+
+    async def _store(
+        self, job: ActiveJob, registry: Registry, rows: list[dict[str, Any]], checked: bool
+    ) -> None:
+        page = clean_page(rows, unicode_checked=checked)
+        async with job.write_lock:
+            stored = await guarded_write(
+                registry, job, "storing fetched rows", self.writer.rows(job, rows, page)
+            )
+        self.stats.inc_value("civicband/catchup/fetched", len(rows))
+        self.stats.inc_value("civicband/catchup/created", stored.created)
+        self.stats.inc_value("civicband/catchup/updated", stored.updated)
+
+    async def _delete(
+        self,
+        job: ActiveJob,
+        registry: Registry,
+        store: Store,
+        difference: Difference,
+        expected: int,
+        local: int,
+    ) -> None:
+        """Delete what complete listings lack, unless the source shrank past the guard."""
+        md5s = [x for x in difference.stale_rejections if not digest.HEX_ID.match(x)]
+        rejected_ids = [x for x in difference.stale_rejections if digest.HEX_ID.match(x)]
+        if not (difference.extra or difference.stale_rejections):
+            return
+        if difference.extra and not job.allow_shrink and expected < self.guard * local:
+            self.stats.inc_value("civicband/shrink/refused")
+            message = shrink_refusal(
+                job.subdomain, job.document_type, len(difference.extra), local, expected, self.guard
+            )
+            await registry.fail(job, message)
+            raise DropItem(message)
+
+        async def work(conn: Any) -> tuple[int, int]:
+            removed = await mirror.delete(
+                conn,
+                job.subdomain,
+                job.document_type,
+                page_ids=difference.extra,
+                rejected_ids=rejected_ids,
+                rejected_md5s=md5s,
+            )
+            await jobs.count(conn, job.lease, removed=removed[0])
+            return removed
+
+        removed, unrejected = await guarded_write(
+            registry,
+            job,
+            "deleting vanished pages",
+            store.transact(work, f"deleting for {job.lease}"),
+        )
+        self.stats.inc_value("civicband/catchup/deleted", removed)
+        self.stats.inc_value("civicband/rows/unrejected", unrejected)
+        logger.info(
+            "%s catch-up: removed %d pages and %d rejections the source no longer has",
+            job,
+            removed,
+            unrejected,
+        )

@@ -1,0 +1,251 @@
+"""Verification: when a job has nothing more to fetch, prove the mirror equal to the source.
+
+The source's digest is fetched through the engine (unless a catch-up just took one), a full
+pass first sweeps what it did not see (within the shrink guard), the mirror's digest is
+compared bucket by bucket, differing buckets are listed id by id, civicband.verify.decide
+judges, and civicband/jobs.py records the verdict, fenced by the job's lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Self
+
+from scrapy.crawler import Crawler
+from scrapy.exceptions import DropItem, NotConfigured
+
+from civicband import db, digest, jobs, mirror
+from civicband import signals as civicband_signals
+from civicband.catchup import other_difference, shrink_refusal
+from civicband.datasette import SourceError
+from civicband.digest import OTHER, Difference
+from civicband.pipelines import guarded_write
+from civicband.registry import ActiveJob, Registry
+from civicband.source import Source, Stopping
+from civicband.store import Store
+from civicband.verify import Verdict, decide
+
+logger = logging.getLogger(__name__)
+LEVELS = {"passed": logging.INFO, "unknown": logging.WARNING, "warned": logging.WARNING}
+
+
+class Verify:
+    """Verify each job whose pages are exhausted, and finish it by the verdict."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        settings = crawler.settings
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.max_rows = settings.getint("CIVICBAND_VERIFY_MAX_MISSING_ROWS")
+        self.max_ratio = settings.getfloat("CIVICBAND_VERIFY_MAX_MISSING_RATIO")
+        self.guard = settings.getfloat("CIVICBAND_SHRINK_GUARD")
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        """Listen for jobs that have nothing more to fetch."""
+        if crawler.spidercls.name != "civicband":
+            raise NotConfigured("Verify serves the civicband spider only")
+        extension = cls(crawler)
+        crawler.signals.connect(extension.job_exhausted, signal=civicband_signals.job_exhausted)
+        return extension
+
+    def _component(self, kind: type) -> Any:
+        component = self.crawler.get_extension(kind)
+        assert component is not None, f"{kind.__module__}.{kind.__name__} must be in EXTENSIONS"
+        return component
+
+    def job_exhausted(self, job: ActiveJob, source_digest: digest.Digest | None) -> None:
+        """Verify as a step of the job."""
+        registry: Registry = self._component(Registry)
+        registry.spawn(job, self.run(job, source_digest), "verification")
+
+    async def run(self, job: ActiveJob, source_digest: digest.Digest | None) -> None:
+        """Verify one job and record the verdict; the job ends here whatever happens."""
+        registry: Registry = self._component(Registry)
+        try:
+            verdict = await self._verify(job, registry, source_digest)
+        except (Stopping, DropItem):
+            return
+        if verdict is None:
+            return
+        try:
+            await guarded_write(
+                registry,
+                job,
+                "recording the verification",
+                self._store.transact(
+                    lambda conn: jobs.record_verdict(conn, job.lease, verdict),
+                    f"recording the verification of {job.lease}",
+                ),
+            )
+        except DropItem:
+            return
+        self._report(job, verdict)
+        await self._cross_check(job.subdomain)
+        await registry.end(job, verdict.job_status)
+
+    @property
+    def _store(self) -> Store:
+        return self._component(Store)
+
+    async def _verify(
+        self, job: ActiveJob, registry: Registry, source_digest: digest.Digest | None
+    ) -> Verdict | None:
+        source: Source = self._component(Source)
+        site, kind = job.subdomain, job.document_type
+        store = self._store
+        note = ""
+        if source_digest is None:
+            pages, rejected = await guarded_write(
+                registry,
+                job,
+                "reading the mirror",
+                store.transact(
+                    lambda conn: mirror.local_counts(conn, site, kind), f"counting {site}"
+                ),
+            )
+            try:
+                source_digest = await source.digest(site, kind, size_hint=pages + rejected)
+            except SourceError as error:
+                note = str(error)
+        if job.mode == jobs.FULL:
+            refusal = await self._sweep(job, registry, source_digest)
+            if refusal is not None:
+                return refusal
+            if source_digest is None:
+                note += "; pages the pass did not see were kept"
+
+        async def local_state(conn: Any) -> tuple[digest.Digest, tuple[int, int]]:
+            return (
+                await mirror.local_digest(conn, site, kind),
+                await mirror.local_counts(conn, site, kind),
+            )
+
+        local, (actual, rejected) = await guarded_write(
+            registry, job, "reading the mirror", store.transact(local_state, f"reading {site}")
+        )
+        expected = None if source_digest is None else digest.count(source_digest)
+        differ = [] if source_digest is None else digest.differing(source_digest, local)
+        difference = None
+        if differ:
+            try:
+                difference = await self._list(job, registry, differ)
+            except SourceError as error:
+                note = f"the differing ids could not be listed: {error}"
+        return decide(
+            expected,
+            actual,
+            rejected,
+            equal=source_digest is not None and not differ,
+            difference=difference,
+            max_rows=self.max_rows,
+            max_ratio=self.max_ratio,
+            note=note,
+        )
+
+    async def _sweep(
+        self, job: ActiveJob, registry: Registry, source_digest: digest.Digest | None
+    ) -> Verdict | None:
+        """A complete pass removes what it did not see, unless the source shrank past the guard."""
+        if source_digest is None:
+            return None  # no count to weigh the sweep against: keep everything
+        store, site, kind = self._store, job.subdomain, job.document_type
+        local, seen = await guarded_write(
+            registry,
+            job,
+            "reading the mirror",
+            store.transact(lambda conn: mirror.pass_counts(conn, site, kind, job.job_id), site),
+        )
+        source_count = digest.count(source_digest)
+        unseen = local - seen
+        shrunk = source_count < self.guard * local or seen < self.guard * local
+        if unseen > 0 and shrunk and not job.allow_shrink:
+            self.stats.inc_value("civicband/shrink/refused")
+            message = shrink_refusal(site, kind, unseen, local, min(seen, source_count), self.guard)
+            return Verdict("failed", source_count, local, 0, None, unseen, None, message)
+
+        async def work(conn: Any) -> tuple[int, int]:
+            removed = await mirror.sweep(conn, site, kind, job.job_id)
+            await jobs.count(conn, job.lease, removed=removed[0])
+            return removed
+
+        removed, unrejected = await guarded_write(
+            registry, job, "sweeping vanished pages", store.transact(work, f"sweeping {site}")
+        )
+        if removed or unrejected:
+            self.stats.inc_value("civicband/verify/removed", removed)
+            self.stats.inc_value("civicband/rows/unrejected", unrejected)
+            logger.info(
+                "%s: removed %d pages and %d rejections the source no longer has",
+                job,
+                removed,
+                unrejected,
+            )
+        return None
+
+    async def _list(self, job: ActiveJob, registry: Registry, differ: list[str]) -> Difference:
+        """List the differing buckets on both sides, to say exactly what is missing or extra."""
+        source: Source = self._component(Source)
+        store, site, kind = self._store, job.subdomain, job.document_type
+        hexes = [b for b in differ if b != OTHER]
+        source_ids = await source.listing(site, kind, hexes) if hexes else {}
+        local_ids, rejected_ids = await guarded_write(
+            registry,
+            job,
+            "reading the mirror",
+            store.transact(lambda conn: mirror.listing(conn, site, kind, hexes), f"listing {site}"),
+        )
+        difference = digest.compare(source_ids, local_ids, rejected_ids)
+        if OTHER in differ:
+            rows, _ = await source.other_rows(site, kind)
+            pages, rejected = await guarded_write(
+                registry,
+                job,
+                "reading the mirror",
+                store.transact(lambda conn: mirror.other_listing(conn, site, kind), site),
+            )
+            difference += other_difference(rows, pages, rejected)
+        return difference
+
+    def _report(self, job: ActiveJob, verdict: Verdict) -> None:
+        stats = self.stats
+        stats.inc_value(f"civicband/verify/{verdict.status}")
+        stats.inc_value(f"civicband/jobs/{verdict.job_status}")
+        for name, value in (
+            ("missing", verdict.missing),
+            ("extra", verdict.extra),
+            ("stale", verdict.stale),
+            ("rejected", verdict.rejected),
+        ):
+            if value:
+                stats.inc_value(f"civicband/verify/{name}", value)
+        logger.log(
+            LEVELS.get(verdict.status, logging.ERROR),
+            "%s %s: verification %s: %s",
+            job,
+            verdict.job_status,
+            verdict.status,
+            verdict.message,
+        )
+
+    async def _cross_check(self, subdomain: str) -> None:
+        """Report when the index's page total disagrees with the source's own counts."""
+        try:
+            async with db.wrap_exceptions(), self._store.connection() as conn:
+                cursor = await conn.execute(db.query("index_cross_check"), {"subdomain": subdomain})
+                row = await cursor.fetchone()
+        except db.DatabaseError as error:
+            logger.warning("%s: index cross-check skipped: %s", subdomain, error)
+            return
+        if row is None or None in row:
+            return
+        listed, agendas, minutes = (int(value) for value in row)
+        if listed != agendas + minutes:
+            self.stats.inc_value("civicband/verify/index_mismatch")
+            logger.warning(
+                "%s: civic.band's index lists %s pages, its sites count %s agendas + %s minutes",
+                subdomain,
+                listed,
+                agendas,
+                minutes,
+            )

@@ -1,0 +1,46 @@
+-- One owner for job state: runs shared by processes, fenced leases, job modes, set-based
+-- verification, content fingerprints for the columns the id does not hash.
+
+-- A run: the (site, type) work one set of arguments asked for, shared by every process started
+-- with those arguments while one of them is alive (its processes hold a shared advisory lock).
+CREATE TABLE crawl_runs (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_key   text NOT NULL,
+    arguments jsonb NOT NULL,
+    created   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX crawl_runs_key_idx ON crawl_runs (run_key, id DESC);
+
+-- Every claim takes a new token; every write by a holder names it (fencing).
+CREATE SEQUENCE backfill_lease_tokens;
+
+ALTER TABLE backfill_jobs ADD COLUMN run_id bigint REFERENCES crawl_runs (id);
+ALTER TABLE backfill_jobs ADD COLUMN lease_token bigint;
+ALTER TABLE backfill_jobs ADD COLUMN mode text NOT NULL DEFAULT 'full'
+    CHECK (mode IN ('full', 'catchup', 'verify'));
+ALTER TABLE backfill_jobs ADD COLUMN extra_count bigint;
+ALTER TABLE backfill_jobs ADD COLUMN stale_count bigint;
+ALTER TABLE backfill_jobs ADD COLUMN pages_removed bigint NOT NULL DEFAULT 0;
+ALTER TABLE backfill_jobs ADD COLUMN claimed_at timestamptz;
+
+-- At most one open (pending or running) job per (site, type): a queued job is work nobody else
+-- may start twice.
+DROP INDEX backfill_jobs_one_running_idx;
+CREATE UNIQUE INDEX backfill_jobs_one_open_idx
+    ON backfill_jobs (subdomain, document_type) WHERE status IN ('pending', 'running');
+CREATE INDEX backfill_jobs_run_idx ON backfill_jobs (run_id, status);
+
+-- What the source's SQLite computes from page_image, entities_json and votes_json (see
+-- civicband/digest.py), kept per page: PostgreSQL cannot recompute it once NULs are removed.
+ALTER TABLE meeting_pages ADD COLUMN content_fp bigint NOT NULL DEFAULT 0;
+ALTER TABLE rejected_rows ADD COLUMN content_fp bigint NOT NULL DEFAULT 0;
+
+-- Pages stored before this migration: the same formula in PostgreSQL (their NULs are gone, so
+-- a page that had one will look changed once and be fetched again).
+UPDATE meeting_pages SET content_fp =
+    (SELECT coalesce(sum(w * CASE WHEN v IS NULL THEN 0 ELSE
+         1 + length(v)
+         + 3 * coalesce(ascii(substr(v, 1 + 1 * length(v) / 4, 1)), 0)
+         + 5 * coalesce(ascii(substr(v, 1 + 1 * length(v) / 2, 1)), 0)
+         + 7 * coalesce(ascii(substr(v, 1 + 3 * length(v) / 4, 1)), 0) END), 0)
+     FROM (VALUES (page_image, 1::bigint), (entities_json, 1009), (votes_json, 1000003)) AS c (v, w));
