@@ -167,13 +167,15 @@ class Lookalike:
         self.log.append(entry)
 
         async def logged_send(msg: Message) -> None:
+            # Record before handing over: the client can hold the whole body (and ask for the
+            # log) before this coroutine runs again.
             if msg["type"] == "http.response.start":
                 entry["status"] = msg["status"]
-            await send(msg)
-            if msg["type"] == "http.response.body":
+            elif msg["type"] == "http.response.body":
                 entry["bytes"] += len(msg.get("body", b""))
                 if not msg.get("more_body"):
                     entry["done"] = time.monotonic()
+            await send(msg)
 
         await self.guarded(scope, receive, logged_send, headers, entry)
 
