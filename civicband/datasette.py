@@ -103,6 +103,14 @@ def _decode(body: bytes) -> tuple[Any, bool]:
         raise SourceError(f"answer is {kind}: {start[:40]!r}", retryable=True) from None
 
 
+def parse_object(body: bytes) -> dict[str, Any]:
+    """Any JSON object Datasette answers (a database page); anything else is an error."""
+    data, _ = _decode(body)
+    if not isinstance(data, dict):
+        raise SourceError("answer is JSON but not an object", retryable=True)
+    return data
+
+
 def is_interrupted(status: int, body: bytes) -> bool:
     """Datasette's time limit: 500 on 1.0, 400 "SQL Interrupted" on 0.65; both mean try again."""
     if status not in (400, 500):

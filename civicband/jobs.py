@@ -437,6 +437,22 @@ async def known_subdomains(conn: psycopg.AsyncConnection, subdomains: list[str])
     return {row[0] for row in await cursor.fetchall()}
 
 
+async def source_facts(
+    conn: psycopg.AsyncConnection, subdomains: list[str]
+) -> list[tuple[str, str | None, bool | None]]:
+    """What these sites have shown of themselves before: (site, Datasette line, legacy)."""
+    cursor = await conn.execute(query("source_facts"), {"subdomains": subdomains})
+    return [(row[0], row[1], row[2]) for row in await cursor.fetchall()]
+
+
+async def remember_source(
+    conn: psycopg.AsyncConnection, subdomain: str, dialect: str | None, legacy: bool | None
+) -> None:
+    """Keep what a site showed of itself for the next run."""
+    params = {"subdomain": subdomain, "dialect": dialect, "legacy": legacy}
+    await conn.execute(query("remember_source"), params)
+
+
 async def add_municipality(conn: psycopg.AsyncConnection, subdomain: str) -> bool:
     """A named site answered with JSON: it joins municipalities; True if it was new."""
     cursor = await conn.execute(query("ensure_municipality"), {"subdomain": subdomain})

@@ -49,6 +49,13 @@ class UnknownSite(SourceError):
         super().__init__(message, retryable=False)
 
 
+class LacksColumn(SourceError):
+    """An older site without entities_json/votes_json refused a query naming them."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
 class Stopping(Exception):
     """The crawl is stopping: a step gives up quietly and its job is paused."""
 
@@ -78,11 +85,35 @@ class Source:
         self.dialects: dict[str, str] = {}
         self.columns: dict[str, tuple[str, ...]] = {}
         self.page_limits: dict[str, int] = {}
+        self._known: dict[str, tuple[str | None, bool | None]] = {}
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         """Every spider asks the same sites the same way."""
         return cls(crawler)
+
+    def recall(self, facts: list[tuple[str, str | None, bool | None]]) -> None:
+        """What the sites showed of themselves in earlier runs."""
+        for subdomain, dialect, legacy in facts:
+            self._known[subdomain] = (dialect, legacy)
+            if dialect is not None:
+                self.dialects.setdefault(subdomain, dialect)
+            if legacy is not None:
+                self.columns.setdefault(subdomain, LEGACY_COLUMNS if legacy else COLUMNS)
+
+    def learned(self) -> list[tuple[str, str | None, bool | None]]:
+        """What sites showed of themselves since last asked, to keep for the next run."""
+        news = []
+        for subdomain in self.dialects.keys() | self.columns.keys():
+            columns = self.columns.get(subdomain)
+            fact = (
+                self.dialects.get(subdomain),
+                None if columns is None else columns == LEGACY_COLUMNS,
+            )
+            if self._known.get(subdomain) != fact:
+                self._known[subdomain] = fact
+                news.append((subdomain, *fact))
+        return news
 
     def root(self, subdomain: str) -> str:
         """A site's root URL."""
@@ -116,9 +147,11 @@ class Source:
         size = min(size, self.page_limits.get(subdomain, MAX_PAGE_SIZE))
         return datasette.table_url(self.root(subdomain), document_type, size, cursor)
 
-    def learn(self, subdomain: str, body: bytes) -> None:
-        """A table page shows which Datasette line its site speaks."""
+    def learn(self, subdomain: str, body: bytes, rows: list[Any]) -> None:
+        """A table page shows which Datasette line its site speaks, and its columns."""
         self.dialects.setdefault(subdomain, datasette.dialect_of_body(body))
+        if rows and isinstance(rows[0], dict) and subdomain not in self.columns:
+            self.columns[subdomain] = COLUMNS if "votes_json" in rows[0] else LEGACY_COLUMNS
 
     # ---- SQL through the engine --------------------------------------------------------------
 
@@ -165,6 +198,8 @@ class Source:
             raise UnknownSite(f"unknown site: {response.url} redirects to {location}")
         if datasette.is_interrupted(status, body):
             raise Interrupted(f"the query hit the site's time limit at {response.url}")
+        if datasette.lacks_column(status, body):
+            raise LacksColumn(f"the table lacks a column the query names, at {response.url}")
         if status != 200:
             exhausted = " (retries used up)" if response.meta.get(RETRIES_EXHAUSTED) else ""
             raise SourceError(
@@ -230,8 +265,8 @@ class Source:
         sql, params = build(columns)
         try:
             return await self.sql(subdomain, sql, **kw, **params)
-        except SourceError as error:
-            if columns == LEGACY_COLUMNS or "no such column" not in str(error):
+        except LacksColumn:
+            if columns == LEGACY_COLUMNS:
                 raise
         self.columns[subdomain] = LEGACY_COLUMNS
         sql, params = build(LEGACY_COLUMNS)

@@ -11,7 +11,10 @@ CREATE TABLE municipalities (
     pages      bigint,
     last_updated text,
     created    timestamptz NOT NULL DEFAULT now(),
-    modified   timestamptz NOT NULL DEFAULT now()
+    modified   timestamptz NOT NULL DEFAULT now(),
+    -- what the site has shown of itself: its Datasette line, and whether it lacks JSON columns
+    source_dialect text,
+    source_legacy  boolean
 );
 
 CREATE TABLE meeting_documents (

@@ -166,6 +166,7 @@ class CivicbandSpider(StoreSpider):
         async def work(conn: Any) -> tuple[int, bool, jobs.Queued]:
             run_id, joined = await jobs.open_run(conn, run, self.store.join_run)
             queued = await self._enqueue(conn, run_id, [s for s in sites if s in known])
+            self.source.recall(await jobs.source_facts(conn, sorted(known)))
             return run_id, joined, queued
 
         self.run_id, joined, queued = await self.store.transact(work, "opening the run")
@@ -195,10 +196,9 @@ class CivicbandSpider(StoreSpider):
             )
 
     def _probe(self, subdomain: str) -> Request:
-        """A named site the mirror does not know: it joins once it answers with JSON."""
-        kind = self.arguments.document_types[0]
+        """A named site the mirror does not know: it joins once its database answers with JSON."""
         return self.source.request(
-            self.source.page_url(subdomain, kind, 1, None),
+            f"{self.source.root(subdomain)}/{datasette.DATABASE}.json",
             callback=self.parse_probe,
             errback=self.probe_failed,
             subdomain=subdomain,
@@ -212,15 +212,14 @@ class CivicbandSpider(StoreSpider):
             self._site_failed(subdomain, f"unknown site: {response.url} redirects to {location}")
             return
         try:
-            datasette.parse_table_page(response.body)
+            datasette.parse_object(response.body)
         except datasette.SourceError as error:
             retry = get_retry_request(response.request, spider=self, reason="civicband_bad_answer")
-            if error.retryable and retry is not None:
+            if retry is not None:
                 yield retry
             else:
                 self._site_failed(subdomain, f"{error} at {response.url}")
             return
-        self.source.learn(subdomain, response.body)
 
         async def work(conn: Any) -> tuple[bool, jobs.Queued]:
             await jobs.lock_queue(conn)
@@ -243,7 +242,7 @@ class CivicbandSpider(StoreSpider):
 
     def probe_failed(self, failure: Failure) -> None:
         """A new site that never answered (network, HTTP errors after retries)."""
-        if failure.check(IgnoreRequest):
+        if failure.check(IgnoreRequest) and not failure.check(HttpError):
             return
         request = failure.request  # type: ignore[attr-defined]
         self._site_failed(request.meta["subdomain"], _describe(failure, request))
@@ -357,9 +356,22 @@ class CivicbandSpider(StoreSpider):
             self.crawler.engine.crawl(request)
 
     def job_ended(self, job: ActiveJob, status: str) -> None:
-        """A job left this process: claim more work, if the queue has any."""
+        """A job left this process: keep what its site showed of itself, and claim more work."""
         self._more = True
         self._refill()
+        learned = self.source.learned()
+        if learned and not self.registry.database_down:
+            asyncio.ensure_future(self._remember(learned))
+
+    async def _remember(self, learned: list[tuple[str, str | None, bool | None]]) -> None:
+        async def work(conn: Any) -> None:
+            for fact in learned:
+                await jobs.remember_source(conn, *fact)
+
+        try:
+            await self.store.transact(work, "remembering what sites showed")
+        except DatabaseError as error:
+            logger.warning("Could not keep what the sites showed of themselves: %s", error)
 
     def _refill(self) -> None:
         if self._refilling or not self.crawler.crawling:
@@ -460,7 +472,7 @@ class CivicbandSpider(StoreSpider):
         if problem:
             self._fail(job, f"the source misbehaves: {problem} at {response.url}")
             return
-        self.source.learn(job.subdomain, response.body)
+        self.source.learn(job.subdomain, response.body, page.rows)
         job.cursor = page.next
         if page.next is not None:
             yield self.page_request(job)
@@ -497,7 +509,7 @@ class CivicbandSpider(StoreSpider):
 
     async def page_failed(self, failure: Failure) -> None:
         """Retries are used up, or the answer was an error that retrying cannot fix."""
-        if failure.check(IgnoreRequest):
+        if failure.check(IgnoreRequest) and not failure.check(HttpError):
             return  # dropped by the gate, or the crawl is stopping: never a job's failure
         request = failure.request  # type: ignore[attr-defined]
         job = self.registry.get(request.meta["job_id"], request.meta.get("token"))
@@ -506,6 +518,7 @@ class CivicbandSpider(StoreSpider):
         job.inflight = False
         if not self.crawler.crawling:
             return  # stopping: the job is paused, not failed
+
         exhausted = True
         if failure.check(HttpError):
             status = failure.value.response.status

@@ -11,6 +11,11 @@ CREATE TABLE crawl_runs (
 );
 CREATE INDEX crawl_runs_key_idx ON crawl_runs (run_key, id DESC);
 
+-- What each site has shown of itself, so a run does not ask again: its Datasette line (0.65's
+-- SQL lives elsewhere) and whether it lacks the JSON columns (older sites).
+ALTER TABLE municipalities ADD COLUMN source_dialect text;
+ALTER TABLE municipalities ADD COLUMN source_legacy boolean;
+
 -- Every claim takes a new token; every write by a holder names it (fencing).
 CREATE SEQUENCE backfill_lease_tokens;
 

@@ -1,12 +1,15 @@
-"""Run the real `scrapy crawl` in a subprocess and read back what it did."""
+"""Shared helpers of the end-to-end tests: run the real `scrapy crawl`, read back what it did."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,27 +17,74 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from civicband import db
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-do-not-log"
+TABLES = {"agenda": "agendas", "minutes": "minutes"}
+COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
+TEXT_COLUMNS = ("meeting", "text", "page_image", "entities_json", "votes_json")
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """The final stats a crawl wrote (CIVICBAND_STATS_FILE), as data."""
+    assert path.exists(), f"the crawl wrote no stats file at {path}"
+    return json.loads(path.read_text())
 
 
 @dataclass
 class CrawlResult:
-    """Exit status, output and the stats Scrapy dumped at the end."""
+    """Exit status, output and the final stats of one crawl."""
 
     returncode: int
     stdout: str
     stderr: str
+    stats_path: Path
 
     @property
     def stats(self) -> dict[str, Any]:
-        """The final stats dump, parsed."""
-        match = re.search(r"Dumping Scrapy stats:\n(\{.*?\})\n\d{4}-", self.stderr, re.S)
-        assert match, f"no stats dump in output:\n{self.stderr[-3000:]}"
-        return eval(match.group(1), {"datetime": datetime})  # noqa: S307 - our own log
+        """The final stats (written by civicband.extensions.statsfile)."""
+        return read_stats(self.stats_path)
+
+    def lines(self, pattern: str) -> list[str]:
+        """Log lines matching a regular expression."""
+        return [line for line in self.stderr.splitlines() if re.search(pattern, line)]
 
     def __str__(self) -> str:
         return f"exit {self.returncode}\n--- stderr ---\n{self.stderr[-6000:]}"
+
+
+class Background:
+    """A crawl running in the background, its output in a file."""
+
+    def __init__(self, process: subprocess.Popen, log: Path, stats_path: Path) -> None:
+        self.process = process
+        self.log = log
+        self.stats_path = stats_path
+
+    def wait(self, timeout: float = 180) -> int:
+        """Its exit status."""
+        return self.process.wait(timeout=timeout)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Its final stats, once it has ended."""
+        return read_stats(self.stats_path)
+
+    def output(self) -> str:
+        """What it logged so far."""
+        return self.log.read_text(errors="replace")
+
+    def __str__(self) -> str:
+        return f"exit {self.process.poll()}\n--- log ---\n{self.output()[-6000:]}"
+
+
+_runs = iter(range(10**9))
+_STATS = Path(tempfile.mkdtemp(prefix="civicband-stats-"))
+
+
+def _stats_path(stats_dir: Path | None) -> Path:
+    return (stats_dir or _STATS) / f"stats-{next(_runs)}.json"
 
 
 def crawl_command(
@@ -44,9 +94,11 @@ def crawl_command(
     spider: str = "civicband",
     settings: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    stats_path: Path | None = None,
+    python: list[str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment of a `scrapy crawl` against the look-alike."""
-    command = [sys.executable, "-m", "scrapy", "crawl", spider]
+    command = [*(python or [sys.executable]), "-m", "scrapy", "crawl", spider]
     for arg in args:
         command += ["-a", arg]
     merged = {
@@ -59,6 +111,7 @@ def crawl_command(
         # Real backoff, shortened: tests that measure it set their own.
         "CIVICBAND_BACKOFF_BASE": 0.2,
         "CIVICBAND_BACKOFF_MAX": 2,
+        **({"CIVICBAND_STATS_FILE": str(stats_path)} if stats_path else {}),
         **(settings or {}),
     }
     for name, value in merged.items():
@@ -66,19 +119,25 @@ def crawl_command(
     return command, {**os.environ, "CIVICBAND_DATABASE_URL": database_url, **(env or {})}
 
 
-def start_crawl(
-    database_url: str, source: Any, *args: str, log: Path, **kwargs: Any
-) -> subprocess.Popen:
+def start_crawl(database_url: str, source: Any, *args: str, log: Path, **kwargs: Any) -> Background:
     """Start a crawl in the background, its output going to a file."""
-    command, full_env = crawl_command(database_url, source, *args, **kwargs)
+    stats_path = _stats_path(log.parent)
+    start_new_session = kwargs.pop("start_new_session", False)
+    command, full_env = crawl_command(database_url, source, *args, stats_path=stats_path, **kwargs)
     with log.open("w") as output:
-        return subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=output, stderr=output)
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=full_env,
+            stdout=output,
+            stderr=output,
+            start_new_session=start_new_session,
+        )
+    return Background(process, log, stats_path)
 
 
 def wait_for(condition: Any, *, timeout: float = 60, what: str = "a condition") -> Any:
-    """Poll a condition until it holds (a bounded readiness loop, not a fixed sleep)."""
-    import time
-
+    """Poll a condition until it holds (a bounded readiness loop, never a fixed sleep)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -92,19 +151,16 @@ def crawl(
     database_url: str,
     source: Any,
     *args: str,
-    spider: str = "civicband",
-    settings: dict[str, Any] | None = None,
     timeout: float = 180,
-    env: dict[str, str] | None = None,
+    **kwargs: Any,
 ) -> CrawlResult:
     """`scrapy crawl` against the look-alike, arguments given as 'name=value'."""
-    command, full_env = crawl_command(
-        database_url, source, *args, spider=spider, settings=settings, env=env
-    )
+    stats_path = _stats_path(None)
+    command, full_env = crawl_command(database_url, source, *args, stats_path=stats_path, **kwargs)
     done = subprocess.run(
         command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )
-    return CrawlResult(done.returncode, done.stdout, done.stderr)
+    return CrawlResult(done.returncode, done.stdout, done.stderr, stats_path)
 
 
 def fetch(database_url: str, sql: str, params: Any = None) -> list[dict[str, Any]]:
@@ -113,8 +169,26 @@ def fetch(database_url: str, sql: str, params: Any = None) -> list[dict[str, Any
         return conn.execute(sql, params).fetchall()
 
 
+def execute(database_url: str, sql: str, params: Any = None) -> int:
+    """Change the mirror directly (a test's set-up); returns the rows changed."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql, params).rowcount
+
+
+def register(database_url: str, *sites: Any) -> None:
+    """Put sites into municipalities (as civicband-sites would), so no probe is needed."""
+    with db.connect(database_url) as conn:
+        db.migrate(conn)
+        with conn.transaction():
+            for site in sites:
+                conn.execute(
+                    "INSERT INTO municipalities (subdomain) VALUES (%s) ON CONFLICT DO NOTHING",
+                    [site.subdomain],
+                )
+
+
 def mirrored(database_url: str, subdomain: str, document_type: str) -> dict[str, dict[str, Any]]:
-    """The mirror's rows of one (site, type), shaped like the source's, by id."""
+    """The mirror's rows of one (site, type), shaped like the source's, by id: all 8 columns."""
     rows = fetch(
         database_url,
         "SELECT p.id, d.meeting_name AS meeting, to_char(d.meeting_date, 'YYYY-MM-DD') AS date,"
@@ -126,10 +200,67 @@ def mirrored(database_url: str, subdomain: str, document_type: str) -> dict[str,
     return {row["id"]: row for row in rows}
 
 
-def expected(site: Any, table: str) -> dict[str, dict[str, Any]]:
-    """The source's rows of one table, by id, with every column the mirror keeps."""
-    columns = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
-    return {row["id"]: {c: row.get(c) for c in columns} for row in site.rows(table)}
+def _stored_form(value: Any) -> Any:
+    # PostgreSQL text cannot hold NUL: the mirror removes it (and counts it).
+    return value.replace("\x00", "") if isinstance(value, str) else value
+
+
+def expected(site: Any, table: str, *, valid_only: bool = True) -> dict[str, dict[str, Any]]:
+    """What the mirror must hold of a source table: every column, NULs removed, by id.
+
+    Rows the mirror rejects by design (no id, meeting or valid date) are left out when
+    `valid_only`; they belong in rejected_rows instead.
+    """
+    out = {}
+    for row in site.rows(table):
+        shaped = {c: _stored_form(row.get(c)) if c in TEXT_COLUMNS else row.get(c) for c in COLUMNS}
+        if valid_only and not _storable(row):
+            continue
+        out[row["id"]] = shaped
+    return out
+
+
+def _storable(row: dict[str, Any]) -> bool:
+    date = row.get("date")
+    meeting = _stored_form(row.get("meeting"))
+    return (
+        isinstance(row.get("id"), str)
+        and isinstance(meeting, str)
+        and bool(meeting.strip())
+        and isinstance(date, str)
+        and re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) is not None
+        and _valid_date(date)
+    )
+
+
+def _valid_date(text: str) -> bool:
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def assert_mirror_equals_source(
+    database_url: str, site: Any, document_types: tuple[str, ...] = ("agenda", "minutes")
+) -> int:
+    """Every stored row equals its source row in all eight columns, and nothing else is stored.
+
+    Returns how many rows were compared; comparing nothing proves nothing, so that fails.
+    """
+    compared = 0
+    for document_type in document_types:
+        source_rows = expected(site, TABLES[document_type])
+        stored = mirrored(database_url, site.subdomain, document_type)
+        assert stored.keys() == source_rows.keys(), (
+            f"{site.subdomain}/{document_type}: missing {sorted(source_rows.keys() - stored)[:5]},"
+            f" extra {sorted(stored.keys() - source_rows)[:5]}"
+        )
+        for row_id, row in source_rows.items():
+            assert stored[row_id] == row, (site.subdomain, document_type, row_id)
+        compared += len(source_rows)
+    assert compared, "a comparison of nothing proves nothing"
+    return compared
 
 
 def jobs(database_url: str, subdomain: str | None = None) -> list[dict[str, Any]]:
@@ -139,3 +270,57 @@ def jobs(database_url: str, subdomain: str | None = None) -> list[dict[str, Any]
     return fetch(
         database_url, "SELECT * FROM backfill_jobs WHERE subdomain = %s ORDER BY id", [subdomain]
     )
+
+
+def assert_jobs_complete_and_exact(
+    database_url: str, site: Any, *, created: bool = True, document_types: tuple[str, ...] = ()
+) -> None:
+    """Every job of the site completed, verified passed, with exact counters."""
+    types = document_types or tuple(t for t, table in TABLES.items() if site.rows(table))
+    assert_mirror_equals_source(database_url, site, types)
+    for job in jobs(database_url, site.subdomain):
+        if job["document_type"] not in types:
+            continue
+        total = len(site.rows(TABLES[job["document_type"]]))
+        assert job["status"] == "completed", job
+        assert job["verify_status"] == "passed", job
+        assert (job["pages_fetched"], job["pages_created"], job["pages_updated"]) == (
+            total,
+            total if created else 0,
+            0 if created else total,
+        ), job
+
+
+def committed(database_url: str, subdomain: str) -> int:
+    """Pages committed so far by the site's jobs (0 before the schema exists)."""
+    try:
+        rows = fetch(
+            database_url,
+            "SELECT coalesce(max(batches_committed), 0) AS n FROM backfill_jobs"
+            " WHERE subdomain = %s",
+            [subdomain],
+        )
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return rows[0]["n"]
+
+
+def page_requests(source: Any, subdomain: str | None = None) -> list[dict[str, Any]]:
+    """Table-page requests the look-alike saw (not SQL, not probes), in arrival order."""
+    found = [
+        r
+        for r in source.requests()
+        if re.search(r"/meetings/(agendas|minutes)\.json$", r["path"])
+        and (subdomain is None or r["path"].startswith(f"/{subdomain}/"))
+    ]
+    return sorted(found, key=lambda r: r["time"])
+
+
+def sql_requests(source: Any, subdomain: str | None = None) -> list[dict[str, Any]]:
+    """SQL requests the look-alike saw, in arrival order."""
+    found = [
+        r
+        for r in source.requests()
+        if "sql=" in r["query"] and (subdomain is None or r["path"].startswith(f"/{subdomain}/"))
+    ]
+    return sorted(found, key=lambda r: r["time"])
