@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 REDIRECTS = [301, 302, 303, 307, 308]
 COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
 LEGACY_COLUMNS = COLUMNS[:6]
-# Depth of id-range splitting for a digest that hits the source's time limit: 16, then 256.
+# A digest that hits the time limit is split once, into 16 id ranges; one whose answer is cut
+# short (a small max_returned_rows) is split until each range holds one bucket (depth 2).
+INTERRUPT_SPLIT_DEPTH = 1
 MAX_SPLIT_DEPTH = 2
 
 
@@ -231,10 +233,10 @@ class Source:
                 page = await self._with_columns(
                     subdomain,
                     lambda cols, r=id_range: digest.digest_sql(table, cols, r),
-                    split_on_interrupt=id_range.depth < MAX_SPLIT_DEPTH,
+                    split_on_interrupt=id_range.depth < INTERRUPT_SPLIT_DEPTH,
                 )
             except Interrupted:
-                if id_range.depth >= MAX_SPLIT_DEPTH:
+                if id_range.depth >= INTERRUPT_SPLIT_DEPTH:
                     raise
                 self.stats.inc_value("civicband/digest/splits")
                 ranges[:0] = id_range.split()

@@ -324,3 +324,23 @@ def sql_requests(source: Any, subdomain: str | None = None) -> list[dict[str, An
         if "sql=" in r["query"] and (subdomain is None or r["path"].startswith(f"/{subdomain}/"))
     ]
     return sorted(found, key=lambda r: r["time"])
+
+
+def is_digest(request: dict[str, Any]) -> bool:
+    """A digest request (civicband.digest.digest_sql)."""
+    return "group+by+bucket" in request["query"]
+
+
+def is_listing(request: dict[str, Any]) -> bool:
+    """An id listing of differing buckets (civicband.digest.listing_sql)."""
+    return "json_each%28%3Abuckets" in request["query"]
+
+
+def is_by_id(request: dict[str, Any]) -> bool:
+    """A fetch of whole rows by id (civicband.digest.rows_by_id_sql)."""
+    return "json_each%28%3Aids" in request["query"]
+
+
+def is_count(request: dict[str, Any]) -> bool:
+    """A count of a table (the source's count taken when a full pass starts)."""
+    return "count%28%2A%29+as+n+from" in request["query"] and not is_digest(request)
