@@ -456,7 +456,8 @@ class CivicbandSpider(StoreSpider):
                 logger.info("%s accepts pages of at most %d rows", job.subdomain, limit)
                 yield self.page_request(job)
                 return
-            self._fail(job, f"HTTP 400 at {response.url}")
+            exhausted = bool(meta.get(RETRIES_EXHAUSTED))  # 0.65's interrupted pages are 400s
+            self._fail(job, f"HTTP 400 at {response.url}", retries_exhausted=exhausted)
             return
         try:
             page = datasette.parse_table_page(response.body)
