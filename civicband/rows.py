@@ -83,6 +83,13 @@ def _escape_surrogates(text: str) -> str:
     return LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def _shown_id(value: Any) -> str | None:
+    """An id as rejected_rows can hold it: NUL and lone surrogates escaped, at most 200 chars."""
+    if value is None:
+        return None
+    return _escape_surrogates(str(value).replace("\x00", "\\u0000"))[:MAX_ID_LENGTH]
+
+
 def _has_lone_surrogate(row: dict) -> bool:
     """Whether any text of the row holds half a surrogate pair (only JSON's slow path makes one)."""
     return any(isinstance(v, str) and LONE_SURROGATE.search(v) for v in (*row, *row.values()))
@@ -225,9 +232,7 @@ def clean_row(
     fingerprint = content_fp(row)
     if not unicode_checked and _has_lone_surrogate(row):
         reason = "text is not valid Unicode (half a surrogate pair)"
-        shown_id = row.get("id")
-        shown_id = None if shown_id is None else _escape_surrogates(str(shown_id))[:MAX_ID_LENGTH]
-        return None, Rejection(shown_id, reason, raw_text(row), fingerprint), 0
+        return None, Rejection(_shown_id(row.get("id")), reason, raw_text(row), fingerprint), 0
     removed = 0
     # NULs are removed from text only: an id or date holding one is invalid, not repaired.
     values: dict[str, Any] = {"id": row.get("id"), "date": row.get("date")}
@@ -236,9 +241,8 @@ def clean_row(
         removed += count
     row_id = _parse_id(values["id"])
     if row_id is None:
-        shown_id = None if values["id"] is None else str(values["id"])[:MAX_ID_LENGTH]
         reason = "missing or invalid id"
-        return None, Rejection(shown_id, reason, raw_text(row), fingerprint), removed
+        return None, Rejection(_shown_id(values["id"]), reason, raw_text(row), fingerprint), removed
     meeting = _as_text(values["meeting"])
     reason = None
     if meeting is None or not meeting.strip():

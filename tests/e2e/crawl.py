@@ -221,10 +221,14 @@ def expected(site: Any, table: str, *, valid_only: bool = True) -> dict[str, dic
 
 
 def _storable(row: dict[str, Any]) -> bool:
-    date = row.get("date")
+    date, row_id = row.get("date"), row.get("id")
     meeting = _stored_form(row.get("meeting"))
     return (
-        isinstance(row.get("id"), str)
+        isinstance(row_id, str)
+        and bool(row_id.strip())
+        and row_id == row_id.strip()
+        and "\x00" not in row_id
+        and len(row_id) <= 200
         and isinstance(meeting, str)
         and bool(meeting.strip())
         and isinstance(date, str)
