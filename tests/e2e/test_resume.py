@@ -1,4 +1,4 @@
-"""Resume, leases, pause and crashes: every scenario ends with the mirror equal to the source."""
+"""Resume, pause and crashes: every scenario ends with the mirror equal to the source."""
 
 from __future__ import annotations
 
@@ -6,38 +6,40 @@ import random
 import signal
 from collections import Counter
 
-import psycopg
 import pytest
 
 from civicband.embedded import EmbeddedPostgres
-from tests.e2e.crawl import crawl, fetch, jobs, mirrored, start_crawl, wait_for
-from tests.e2e.test_backfill import assert_mirror_equals_source
-
-
-def committed(database_url: str, subdomain: str) -> int:
-    """Pages committed so far by the newest job of a site (0 before the schema exists)."""
-    try:
-        rows = fetch(
-            database_url,
-            "SELECT coalesce(max(batches_committed), 0) AS n FROM backfill_jobs"
-            " WHERE subdomain = %s",
-            [subdomain],
-        )
-    except psycopg.errors.UndefinedTable:
-        return 0
-    return rows[0]["n"]
+from tests.e2e.crawl import (
+    assert_mirror_equals_source,
+    committed,
+    crawl,
+    execute,
+    jobs,
+    page_requests,
+    register,
+    start_crawl,
+    wait_for,
+)
 
 
 def slow(source, site, seconds: float = 0.25) -> None:
     """Make every page of a site take a while, so a signal lands mid-crawl."""
     source.faults.add(
-        match=f"/{site.subdomain}/meetings/", action="hang", seconds=seconds, times=-1
+        match=f"/{site.subdomain}/meetings/(agendas|minutes)",
+        action="hang",
+        seconds=seconds,
+        times=-1,
     )
 
 
+def known_site(database_url, source, **sizes):
+    site = source.create_site(**sizes)
+    register(database_url, site)
+    return site
+
+
 def test_resume_continues_a_failed_job_from_its_cursor(database_url, source):
-    site = source.create_site(agendas=120, minutes=0)
-    assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
+    site = known_site(database_url, source, agendas=120, minutes=0)
     source.faults.add(match="_next=", action="status", status=503, times=-1)
     failed = crawl(
         database_url,
@@ -48,11 +50,8 @@ def test_resume_continues_a_failed_job_from_its_cursor(database_url, source):
         settings={"RETRY_TIMES": 0},
     )
     assert failed.returncode == 1, failed
-    job = jobs(database_url, site.subdomain)[-1]
-    assert (job["status"], job["pages_fetched"], job["retry_count"]) == ("failed", 50, 1), (
-        jobs(database_url),
-        failed,
-    )
+    (job,) = jobs(database_url, site.subdomain)
+    assert (job["status"], job["pages_fetched"], job["retry_count"]) == ("failed", 50, 1), failed
     source.faults.clear()
     source.clear_requests()
     resumed = crawl(
@@ -64,19 +63,17 @@ def test_resume_continues_a_failed_job_from_its_cursor(database_url, source):
         "resume=true",
     )
     assert resumed.returncode == 0, resumed
-    again = jobs(database_url, site.subdomain)[-1]
+    (again,) = jobs(database_url, site.subdomain)
     assert again["id"] == job["id"] and again["status"] == "completed"
-    assert (again["pages_fetched"], again["pages_created"], again["pages_updated"]) == (120, 0, 120)
-    first_pages = [
-        r for r in source.requests() if "_next=" not in r["query"] and "sql=" not in r["query"]
-    ]
+    assert (again["pages_fetched"], again["pages_created"], again["pages_updated"]) == (120, 120, 0)
+    first_pages = [r for r in page_requests(source) if "_next=" not in r["query"]]
     assert first_pages == [], "resume started over instead of continuing"
+    assert resumed.stats["civicband/jobs/resumed"] == 1
     assert_mirror_equals_source(database_url, site, ("agenda",))
 
 
 def test_without_resume_a_new_job_starts_over(database_url, source):
-    site = source.create_site(agendas=30, minutes=0)
-    assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
+    site = known_site(database_url, source, agendas=30, minutes=0)
     source.faults.add(match="_next=", action="status", status=503, times=-1)
     crawl(
         database_url,
@@ -87,31 +84,55 @@ def test_without_resume_a_new_job_starts_over(database_url, source):
         settings={"RETRY_TIMES": 0},
     )
     source.faults.clear()
-    assert (
-        crawl(
-            database_url, source, f"subdomain={site.subdomain}", "document_type=agenda"
-        ).returncode
-        == 0
-    )
-    first, second = [
-        j for j in jobs(database_url, site.subdomain) if j["document_type"] == "agenda"
-    ][-2:]
+    result = crawl(database_url, source, f"subdomain={site.subdomain}", "document_type=agenda")
+    assert result.returncode == 0, result
+    first, second = jobs(database_url, site.subdomain)
     assert first["status"] == "failed" and second["status"] == "completed"
-    assert second["pages_fetched"] == 30
+    assert (second["mode"], second["pages_fetched"]) == ("full", 30)
+
+
+def test_resuming_a_job_with_only_its_verification_left_fetches_no_page(database_url, source):
+    site = known_site(database_url, source, agendas=60, minutes=0)
+    source.faults.add(match="group\\+by\\+bucket", action="status", status=503, times=-1)
+    first = crawl(
+        database_url,
+        source,
+        f"subdomain={site.subdomain}",
+        "document_type=agenda",
+        settings={"RETRY_TIMES": 0},
+    )
+    assert first.returncode == 0, first  # an unknown verification completes the job
+    source.faults.clear()
+    # The pass is exhausted but the digest never came: resume verifies without paging.
+    execute_status(database_url, site.subdomain, "paused")
+    source.clear_requests()
+    resumed = crawl(
+        database_url, source, f"subdomain={site.subdomain}", "document_type=agenda", "resume=true"
+    )
+    assert resumed.returncode == 0, resumed
+    (job,) = jobs(database_url, site.subdomain)
+    assert (job["status"], job["verify_status"], job["pages_fetched"]) == (
+        "completed",
+        "passed",
+        60,
+    )
+    assert page_requests(source) == []
+    assert len(source.requests()) == 1  # the digest
+
+
+def execute_status(database_url: str, subdomain: str, status: str) -> None:
+    execute(
+        database_url,
+        "UPDATE backfill_jobs SET status = %s, verify_status = NULL WHERE subdomain = %s",
+        [status, subdomain],
+    )
 
 
 @pytest.mark.datasette("ds10")
 def test_kill_9_at_random_moments_then_resume_loses_and_doubles_nothing(
     database_url, source, tmp_path
 ):
-    site = source.create_site(agendas=900, minutes=0)
-    assert (
-        crawl(database_url, source, f"subdomain={site.subdomain}", "batch_size=1").returncode == 0
-    )
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "TRUNCATE meeting_pages, meeting_documents, rejected_rows, backfill_jobs CASCADE"
-        )
+    site = known_site(database_url, source, agendas=900, minutes=0)
     slow(source, site, 0.05)
     rng = random.Random(7)
     args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=30", "resume=true")
@@ -120,11 +141,11 @@ def test_kill_9_at_random_moments_then_resume_loses_and_doubles_nothing(
         target = committed(database_url, site.subdomain) + rng.randint(1, 5)
         wait_for(
             lambda p=process, t=target: (
-                committed(database_url, site.subdomain) >= t or p.poll() is not None
+                committed(database_url, site.subdomain) >= t or p.process.poll() is not None
             ),
             what="pages to commit",
         )
-        process.send_signal(signal.SIGKILL)
+        process.process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     (job,) = jobs(database_url, site.subdomain)
     assert job["status"] == "running"  # abandoned: its holder is dead
@@ -134,6 +155,7 @@ def test_kill_9_at_random_moments_then_resume_loses_and_doubles_nothing(
     (job,) = jobs(database_url, site.subdomain)
     assert job["status"] == "completed"
     assert (job["pages_fetched"], job["pages_created"], job["pages_updated"]) == (900, 900, 0)
+    assert result.stats["civicband/jobs/resumed"] == 1
     assert_mirror_equals_source(database_url, site, ("agenda",))
 
 
@@ -141,17 +163,19 @@ def test_kill_9_at_random_moments_then_resume_loses_and_doubles_nothing(
 def test_sigint_pauses_and_the_same_jobdir_resumes_fetching_no_page_twice(
     database_url, source, tmp_path
 ):
-    site = source.create_site(agendas=400, minutes=300)
+    site = known_site(database_url, source, agendas=400, minutes=300)
     slow(source, site)
     jobdir = tmp_path / "crawls" / "run-1"
     args = (f"subdomain={site.subdomain}", "batch_size=20")
     settings = {"JOBDIR": str(jobdir)}
     process = start_crawl(database_url, source, *args, settings=settings, log=tmp_path / "run1.log")
     wait_for(lambda: committed(database_url, site.subdomain) >= 3, what="pages to commit")
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=150) == 3, (tmp_path / "run1.log").read_text()[-3000:]
+    process.process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=150) == 3, process
     statuses = Counter(job["status"] for job in jobs(database_url, site.subdomain))
     assert statuses == Counter({"paused": 2}), statuses
+    assert (process.stats["civicband/jobs/paused"], process.stats["civicband/exit_code"]) == (2, 3)
+    assert "Summary" in process.output() and "(full): paused" in process.output()
     source.faults.clear()
     result = crawl(database_url, source, *args, settings=settings)
     assert result.returncode == 0, result
@@ -159,22 +183,38 @@ def test_sigint_pauses_and_the_same_jobdir_resumes_fetching_no_page_twice(
     for job in jobs(database_url, site.subdomain):
         total = 400 if job["document_type"] == "agenda" else 300
         assert (job["pages_fetched"], job["pages_created"]) == (total, total)
-    pages = Counter((r["path"], r["query"]) for r in source.requests() if r["status"] == 200)
+    pages = Counter((r["path"], r["query"]) for r in page_requests(source) if r["status"] == 200)
     assert pages and max(pages.values()) == 1, [p for p, n in pages.items() if n > 1]
+    assert result.stats["civicband/jobs/resumed"] == 2
     assert_mirror_equals_source(database_url, site)
 
 
 @pytest.mark.datasette("ds10")
-def test_a_second_process_skips_a_live_job(database_url, source, tmp_path):
-    site = source.create_site(agendas=300, minutes=0)
+def test_sigterm_pauses_like_ctrl_c(database_url, source, tmp_path):
+    site = known_site(database_url, source, agendas=300, minutes=0)
+    slow(source, site)
+    args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=20")
+    process = start_crawl(database_url, source, *args, log=tmp_path / "term.log")
+    wait_for(lambda: committed(database_url, site.subdomain) >= 2, what="pages to commit")
+    process.process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=150) == 3, process
+    assert [job["status"] for job in jobs(database_url, site.subdomain)] == ["paused"]
+    assert process.stats["civicband/jobs/paused"] == 1
+
+
+@pytest.mark.datasette("ds10")
+def test_a_second_process_with_the_same_arguments_shares_the_run(database_url, source, tmp_path):
+    site = known_site(database_url, source, agendas=300, minutes=0)
     slow(source, site, 0.5)  # 15 pages: the first crawl outlives the second's start-up
     args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=20")
     first = start_crawl(database_url, source, *args, log=tmp_path / "first.log")
     wait_for(lambda: committed(database_url, site.subdomain) >= 1, what="the first crawl to run")
     second = crawl(database_url, source, *args)
     assert second.returncode == 0, second
+    assert "joined the live run" in second.stderr
     assert "is running in another process: skipped" in second.stderr, second
-    assert first.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    assert second.stats["civicband/jobs/skipped"] == 1
+    assert first.wait(timeout=120) == 0, first
     (job,) = jobs(database_url, site.subdomain)
     assert job["status"] == "completed" and job["pages_created"] == 300
     assert_mirror_equals_source(database_url, site, ("agenda",))
@@ -185,43 +225,42 @@ def test_postgres_restart_mid_crawl_loses_no_page(source, tmp_path):
     server = EmbeddedPostgres(tmp_path / "pg")
     url = server.start()
     try:
-        site = source.create_site(agendas=300, minutes=0)
+        site = known_site(url, source, agendas=300, minutes=0)
         slow(source, site, 0.1)
         args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=20")
-        log = tmp_path / "crawl.log"
-        process = start_crawl(url, source, *args, log=log, settings={"CIVICBAND_BACKOFF_BASE": 0.5})
+        process = start_crawl(
+            url, source, *args, log=tmp_path / "crawl.log", settings={"CIVICBAND_BACKOFF_BASE": 0.5}
+        )
         wait_for(lambda: committed(url, site.subdomain) >= 2, what="pages to commit")
         server.stop()
-        wait_for(lambda: "database trouble" in log.read_text(), what="the crawl to notice")
+        wait_for(lambda: "Database trouble" in process.output(), what="the crawl to notice")
         server.start()
-        assert process.wait(timeout=120) == 0, log.read_text()[-4000:]
+        assert process.wait(timeout=120) == 0, process
         (job,) = jobs(url, site.subdomain)
         assert (job["status"], job["pages_fetched"], job["pages_created"]) == (
             "completed",
             300,
             300,
         )
-        assert mirrored(url, site.subdomain, "agenda") == {
-            row["id"]: row for row in mirrored(url, site.subdomain, "agenda").values()
-        }
+        assert process.stats["civicband/db/retries"] >= 1
         assert_mirror_equals_source(url, site, ("agenda",))
     finally:
         server.destroy()
 
 
-def test_database_down_for_good_exits_1_and_leaves_jobs_resumable(source, tmp_path):
+def test_database_down_for_good_exits_1_and_leaves_jobs_resumable(source_ds10, tmp_path):
+    source = source_ds10
     server = EmbeddedPostgres(tmp_path / "pg")
     url = server.start()
     try:
-        site = source.create_site(agendas=200, minutes=0)
+        site = known_site(url, source, agendas=200, minutes=0)
         slow(source, site, 0.1)
         args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=20")
-        log = tmp_path / "crawl.log"
         process = start_crawl(
             url,
             source,
             *args,
-            log=log,
+            log=tmp_path / "crawl.log",
             settings={
                 "CIVICBAND_BACKOFF_BASE": 0.1,
                 "CIVICBAND_DB_RETRIES": 2,
@@ -230,8 +269,11 @@ def test_database_down_for_good_exits_1_and_leaves_jobs_resumable(source, tmp_pa
         )
         wait_for(lambda: committed(url, site.subdomain) >= 2, what="pages to commit")
         server.stop()
-        assert process.wait(timeout=120) == 1, log.read_text()[-4000:]
-        assert "Traceback" not in log.read_text()
+        assert process.wait(timeout=120) == 1, process
+        assert "Traceback" not in process.output()
+        assert process.stats["civicband/exit_code"] == 1
+        assert process.stats["civicband/db/errors"] >= 1
+        assert "left running (resumable)" in process.output()
         server.start()
         (job,) = jobs(url, site.subdomain)
         assert job["status"] == "running" and job["last_cursor"] is not None
