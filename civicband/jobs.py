@@ -93,6 +93,7 @@ class Queued:
 
     added: int = 0
     reopened: int = 0
+    taken_over: int = 0  # of the reopened: abandoned while running, their holder gone
     abandoned: int = 0
     skipped: list[tuple[str, str, int]] = field(default_factory=list)  # (site, type, job id)
 
@@ -198,6 +199,7 @@ async def enqueue(
                 reopen.append((job_id, fresh, False))
             elif resume:
                 reopen.append((job_id, row["mode"], False))
+                queued.taken_over += status == "running"
             else:
                 abandoned.append(job_id)
                 new.append((site, kind, fresh))

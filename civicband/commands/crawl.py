@@ -13,7 +13,12 @@ from scrapy.exceptions import UsageError
 
 from civicband.args import ArgumentError
 from civicband.extensions.jsonrpc import check_settings as check_jsonrpc
-from civicband.extensions.outcome import EXIT_BAD_INPUT, EXIT_FAILED, exit_status
+from civicband.extensions.outcome import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    exit_status,
+)
 
 # The same signal twice within this many seconds is one request to stop: `uv run` without a
 # terminal forwards SIGINT/SIGTERM to a child that already got it from its process group.
@@ -26,12 +31,13 @@ _HANDLERS = (
 
 def debounce_signals(
     process: Any, window: float = SIGNAL_ECHO, clock: Callable[[], float] = time.monotonic
-) -> None:
+) -> dict[int, float]:
     """Make Scrapy's second-signal kill ignore an echo of the first signal.
 
     Scrapy treats any second SIGINT/SIGTERM as "force an unclean shutdown"; its handlers look
     themselves up on the process object, so wrapping them there is enough (Scrapy has no
-    setting for this). A second signal after `window` still stops at once.
+    setting for this). A second signal after `window` still stops at once. Returns the
+    signals received (number: when), filled in as they come.
     """
     first: dict[int, float] = {}
     for shutdown_name, kill_name in _HANDLERS:
@@ -40,18 +46,26 @@ def debounce_signals(
         if shutdown is None or kill is None:
             continue
 
-        def on_shutdown(signum: int, frame: Any, shutdown: Callable = shutdown) -> None:
-            first.setdefault(signum, clock())
-            shutdown(signum, frame)
-
         def on_kill(signum: int, frame: Any, kill: Callable = kill) -> None:
             started = first.get(signum)
             if started is not None and clock() - started < window:
                 return  # the same signal again at once: an echo, not a second request
             kill(signum, frame)
 
+        def on_shutdown(
+            signum: int, frame: Any, shutdown: Callable = shutdown, on_kill: Callable = on_kill
+        ) -> None:
+            if first:
+                # Python runs a handler again inside itself when a signal lands before it has
+                # installed the next one: that is a second signal too.
+                on_kill(signum, frame)
+                return
+            first[signum] = clock()
+            shutdown(signum, frame)
+
         setattr(process, shutdown_name, on_shutdown)
         setattr(process, kill_name, on_kill)
+    return first
 
 
 class Command(ScrapyCrawl):
@@ -73,12 +87,16 @@ class Command(ScrapyCrawl):
             print(f"civicband: error: {error}", file=sys.stderr)
             self.exitcode = EXIT_BAD_INPUT
             return
-        debounce_signals(self.crawler_process)
+        received = debounce_signals(self.crawler_process)
         self.crawler_process.crawl(crawler, **opts.spargs)
         self.crawler_process.start()
         try:
             stats = crawler.stats
         except RuntimeError:
             self.exitcode = EXIT_FAILED
+            return
+        if stats.get_value("finish_reason") is None:
+            # The crawl never closed: a second signal forced an unclean stop, or it broke.
+            self.exitcode = EXIT_INTERRUPTED if received else EXIT_FAILED
             return
         self.exitcode = exit_status(stats)

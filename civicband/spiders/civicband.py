@@ -189,6 +189,8 @@ class CivicbandSpider(StoreSpider):
             queued.reopened,
             queued.abandoned,
         )
+        if queued.taken_over:
+            self.crawler.stats.inc_value("civicband/jobs/taken_over", queued.taken_over)
         for site, kind, job_id in queued.skipped:
             self.crawler.stats.inc_value("civicband/jobs/skipped")
             logger.info(
@@ -230,7 +232,9 @@ class CivicbandSpider(StoreSpider):
             added, queued = await self.store.transact(work, f"adding {subdomain}")
         except DatabaseError as error:
             self.crawler.stats.inc_value("civicband/db/errors")
-            logger.error("%s: could not add it to municipalities: %s", subdomain, error)
+            message = f"could not add it to municipalities: {error}"
+            self.registry.site_failures[subdomain] = message
+            logger.error("%s: %s", subdomain, message)
             return
         if added:
             self.crawler.stats.inc_value("civicband/sites/added")

@@ -53,6 +53,8 @@ class CrawlResult:
     def __str__(self) -> str:
         return f"exit {self.returncode}\n--- stderr ---\n{self.stderr[-6000:]}"
 
+    __repr__ = __str__
+
 
 class Background:
     """A crawl running in the background, its output in a file."""
@@ -77,6 +79,8 @@ class Background:
 
     def __str__(self) -> str:
         return f"exit {self.process.poll()}\n--- log ---\n{self.output()[-6000:]}"
+
+    __repr__ = __str__
 
 
 _runs = iter(range(10**9))
