@@ -30,6 +30,7 @@ from civicband.middlewares import (
     parse_retry_after,
     public_interval,
 )
+from civicband.source import Source
 from civicband.spiders.civicband import CivicbandSpider
 
 URL = "https://oakland.ca.civic.band/meetings/agendas.json?_sort=id&_size=1000&_nocount=1"
@@ -378,11 +379,11 @@ def test_stopping_sends_a_waiting_request_back_to_the_queue_not_to_the_errback()
 
 
 def spider_requests(crawler: Any) -> list[Request]:
-    """The spider's own first page requests for two sites on two different hosts."""
-    spider = CivicbandSpider.from_crawler(crawler, subdomain="oakland.ca,berkeley.ca")
+    """First page requests for two sites on two hosts, built as the spider builds them."""
+    source = Source.from_crawler(crawler)
     return [
-        spider.page_request(1, "oakland.ca", "agenda", None),
-        spider.page_request(2, "berkeley.ca", "minutes", None),
+        source.request(source.page_url("oakland.ca", "agenda", 1000, None), cursor=None),
+        source.request(source.page_url("berkeley.ca", "minutes", 1000, None), cursor=None),
     ]
 
 

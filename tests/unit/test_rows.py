@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from civicband.digest import content_fp, text_fp
 from civicband.rows import clean_page, clean_row
 
 GOOD = {
@@ -31,7 +32,9 @@ def test_good_row_is_kept_with_its_values():
         "/_agendas/City Council/2024-01-02/3.png",
         '{"people": []}',
         None,
+        content_fp(GOOD),
     )
+    assert clean.content_fp == text_fp(GOOD["page_image"]) + 1009 * text_fp(GOOD["entities_json"])
 
 
 @pytest.mark.parametrize(
