@@ -1,0 +1,157 @@
+"""Both sides of civicband/digest.py agree: SQLite (the source) and PostgreSQL (the mirror).
+
+The same rows go into an SQLite table, digested with the source's SQL, and through the page
+transaction's cleaning into PostgreSQL (rejected or stored), digested with the mirror's.
+Hostile ids and values included: they must land in the same buckets with the same sums.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from civicband import db, digest, mirror
+from civicband.rows import clean_page
+from civicband.source import COLUMNS, LEGACY_COLUMNS
+from civicband.store import Store
+from tests.lookalike import data
+
+HOSTILE_IDS = [
+    None,
+    "",
+    "abc",
+    "ABCDEF012345",
+    "123456789012",
+    "000000000000",
+    "0000000000000",
+    "ab\x00cdef01234",
+    "éèàüöäß01234",
+    "ffffffffffff",
+    " a1b2c3d4e5f6",
+]
+
+
+def rows(legacy: bool) -> list[dict[str, Any]]:
+    generated = data.make_rows("agendas", 400, seed="digest", hostile=True)
+    odd = [{**generated[i], "id": row_id} for i, row_id in enumerate(HOSTILE_IDS)]
+    out = odd + generated[len(HOSTILE_IDS) :]
+    if legacy:
+        out = [{c: row.get(c) for c in LEGACY_COLUMNS} for row in out]
+    rng = random.Random(3)
+    rng.shuffle(out)
+    return out
+
+
+def source_digest(
+    rows: list[dict[str, Any]], columns: tuple[str, ...], split: bool
+) -> digest.Digest:
+    conn = sqlite3.connect(":memory:")
+    conn.execute(
+        f"create table agendas ({', '.join(c + (' text primary key' if c == 'id' else '') for c in columns)})"
+    )
+    conn.executemany(
+        f"insert into agendas values ({', '.join('?' for _ in columns)})",
+        [tuple(row.get(c) for c in columns) for row in rows],
+    )
+    ranges = digest.IdRange().split() if split else [digest.IdRange()]
+    parts = []
+    for id_range in ranges:
+        sql, params = digest.digest_sql("agendas", columns, id_range)
+        cursor = conn.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        parts.append(digest.read_digest(dict(zip(names, row, strict=True)) for row in cursor))
+    return digest.merge(parts)
+
+
+def mirror_digest(url: str, tmp_path: Path, rows: list[dict[str, Any]]) -> digest.Digest:
+    async def work() -> digest.Digest:
+        store = Store(url, tmp_path / ".civicband", pool_size=2, timeout=5)
+        await store.open()
+        try:
+
+            async def write(conn: Any) -> digest.Digest:
+                await conn.execute("INSERT INTO municipalities (subdomain) VALUES ('d.ca')")
+                job = await (
+                    await conn.execute(
+                        "INSERT INTO backfill_jobs (subdomain, document_type)"
+                        " VALUES ('d.ca', 'agenda') RETURNING id"
+                    )
+                ).fetchone()
+                # In pages of 50, as the crawl stores them (ids unique per page).
+                for start in range(0, len(rows), 50):
+                    page = clean_page(rows[start : start + 50], unicode_checked=False)
+                    await mirror.store_rows(conn, "d.ca", "agenda", job[0], page, remember=False)
+                return await mirror.local_digest(conn, "d.ca", "agenda")
+
+            return await store.transact(write, "digesting")
+        finally:
+            await store.close()
+
+    return asyncio.run(work())
+
+
+def test_the_mirror_digest_equals_the_source_digest_hostile_ids_included(database_url, tmp_path):
+    hostile = rows(legacy=False)
+    source = source_digest(hostile, COLUMNS, split=False)
+    assert source == source_digest(hostile, COLUMNS, split=True)
+    hexes = [i for i in HOSTILE_IDS if i is not None and digest.HEX_ID.match(i)]
+    assert hexes == ["123456789012", "000000000000", "ffffffffffff"]
+    assert source[digest.OTHER].n == len(HOSTILE_IDS) - len(hexes)
+    local = mirror_digest(database_url, tmp_path, hostile)
+    assert digest.differing(source, local) == []
+    with psycopg.connect(database_url) as conn:
+        rejected = conn.execute("SELECT count(*) FROM rejected_rows").fetchone()[0]
+    assert rejected >= 4  # NULL, empty, NUL and space-led ids are rejected, and still counted
+
+
+def test_older_tables_without_json_columns_agree_too(database_url, tmp_path):
+    legacy = rows(legacy=True)
+    assert (
+        digest.differing(
+            source_digest(legacy, LEGACY_COLUMNS, split=False),
+            mirror_digest(database_url, tmp_path, legacy),
+        )
+        == []
+    )
+
+
+def test_a_changed_value_outside_the_id_hash_changes_one_bucket(database_url, tmp_path):
+    before = rows(legacy=False)
+    target = next(r for r in before if isinstance(r["id"], str) and digest.HEX_ID.match(r["id"]))
+    after = [
+        {**r, "entities_json": '{"persons": ["Someone Else"]}'} if r is target else r
+        for r in before
+    ]
+    assert digest.differing(
+        source_digest(after, COLUMNS, split=False), mirror_digest(database_url, tmp_path, before)
+    ) == [target["id"][:2]]
+
+
+def test_migration_fingerprints_equal_the_python_ones_for_text_without_nul(database_url):
+    values = [
+        None,
+        "",
+        "a",
+        "ab",
+        "héllo wörld",
+        "🏛️ e\u0301",
+        "z" * 1001,
+        '{"persons": ["Garcia"]}',
+    ]
+    migration = next(text for version, _, text in db.migration_files() if version == 3)
+    expression = migration[migration.index("(SELECT coalesce(sum(") : migration.rindex(")") + 1]
+    with psycopg.connect(database_url) as conn:
+        for page_image in values:
+            for entities in values:
+                got = conn.execute(
+                    f"SELECT {expression} FROM (SELECT %s::text AS page_image, %s::text AS"
+                    " entities_json, NULL::text AS votes_json) AS meeting_pages",
+                    [page_image, entities],
+                ).fetchone()[0]
+                want = digest.content_fp({"page_image": page_image, "entities_json": entities})
+                assert got == want, (page_image, entities)
