@@ -51,9 +51,8 @@ def source_digest(
     rows: list[dict[str, Any]], columns: tuple[str, ...], split: bool
 ) -> digest.Digest:
     conn = sqlite3.connect(":memory:")
-    conn.execute(
-        f"create table agendas ({', '.join(c + (' text primary key' if c == 'id' else '') for c in columns)})"
-    )
+    defined = ", ".join(c + (" text primary key" if c == "id" else "") for c in columns)
+    conn.execute(f"create table agendas ({defined})")
     conn.executemany(
         f"insert into agendas values ({', '.join('?' for _ in columns)})",
         [tuple(row.get(c) for c in columns) for row in rows],
