@@ -118,13 +118,6 @@ def migrate(conn: psycopg.Connection) -> list[int]:
     return applied_now
 
 
-def apply_migrations_only(conn: psycopg.Connection) -> None:
-    """Apply every migration in order, ignoring schema.sql (for the agreement test)."""
-    with conn.transaction():
-        for _version, _name, text in migration_files():
-            conn.execute(text)
-
-
 def _has_table(conn: psycopg.Connection, name: str) -> bool:
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
     return bool(row and row[0])

@@ -367,11 +367,6 @@ async def count(
     await _fenced(conn, "count_job", lease, params, "running")
 
 
-async def exhaust(conn: psycopg.AsyncConnection, lease: Lease) -> None:
-    """Every page is stored: only verification is left (a resume starts there)."""
-    await _fenced(conn, "exhaust_job", lease, {}, "running")
-
-
 async def restart_full(conn: psycopg.AsyncConnection, lease: Lease) -> None:
     """The job becomes a full pass from the first page."""
     await _fenced(conn, "restart_full", lease, {}, "running")

@@ -150,10 +150,6 @@ UPDATE backfill_jobs
        modified = now()
  WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
 
--- name: exhaust_job
-UPDATE backfill_jobs SET pages_exhausted_at = now(), modified = now()
- WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
-
 -- name: restart_full
 -- A catch-up that would cost more than a full pass becomes one.
 UPDATE backfill_jobs

@@ -139,7 +139,7 @@ def test_a_stale_holder_can_change_nothing_after_a_takeover(database_url, tmp_pa
                 "verdict": lambda conn: jobs.record_verdict(
                     conn, stale, Verdict("passed", 1, 1, 0, 0, 0, 0, "Complete.")
                 ),
-                "exhaust": lambda conn: jobs.exhaust(conn, stale),
+                "restart": lambda conn: jobs.restart_full(conn, stale),
                 "count": lambda conn: jobs.count(conn, stale, removed=5),
             }.items():
                 try:
@@ -160,7 +160,7 @@ def test_a_stale_holder_can_change_nothing_after_a_takeover(database_url, tmp_pa
         "page": "lost",
         "fail": "lost",
         "verdict": "lost",
-        "exhaust": "lost",
+        "restart": "lost",
         "count": "lost",
         "paused": [],
     }
