@@ -24,7 +24,13 @@ from twisted.python.failure import Failure
 
 from civicband import datasette, jobs
 from civicband import signals as civicband_signals
-from civicband.args import ArgumentError, SpiderArguments, parse_arguments, parse_batch_size
+from civicband.args import (
+    ArgumentError,
+    SpiderArguments,
+    check_number_settings,
+    parse_arguments,
+    parse_batch_size,
+)
 from civicband.catchup import CatchUp
 from civicband.db import DatabaseError, DatabaseUnavailable, one_line
 from civicband.items import PageItem
@@ -82,16 +88,8 @@ class CivicbandSpider(StoreSpider):
                 batch_size = parse_batch_size(settings.get("CIVICBAND_BATCH_SIZE"))
             except ArgumentError as error:
                 raise ArgumentError(f"CIVICBAND_BATCH_SIZE: {error}") from None
-        max_active = _positive(settings, "CIVICBAND_MAX_ACTIVE_JOBS")
-        guard = settings.get("CIVICBAND_SHRINK_GUARD")
-        try:
-            if not 0 <= float(guard) <= 1:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ArgumentError(
-                f"CIVICBAND_SHRINK_GUARD: expected a share between 0 and 1, got {guard!r}"
-            ) from None
-        _positive(settings, "CIVICBAND_PROGRESS_INTERVAL", integer=False, zero=True)
+        check_number_settings(settings)
+        max_active = settings.getint("CIVICBAND_MAX_ACTIVE_JOBS")
         return arguments, batch_size, max_active
 
     @classmethod
@@ -536,19 +534,3 @@ def _describe(failure: Failure, request: Request) -> str:
     if failure.check(HttpError):
         return f"HTTP {failure.value.response.status} at {failure.value.response.url}"
     return f"{failure.type.__name__}: {one_line(failure.value)} at {request.url}"
-
-
-def _positive(
-    settings: BaseSettings, name: str, *, integer: bool = True, zero: bool = False
-) -> Any:
-    """A positive number setting, or a one-line error naming it."""
-    raw = settings.get(name)
-    try:
-        value = int(raw) if integer else float(raw)
-    except (TypeError, ValueError):
-        value = None
-    if value is None or value < 0 or (value == 0 and not zero):
-        least = "0 or more" if zero else "above 0"
-        kind = "a whole number" if integer else "a number"
-        raise ArgumentError(f"{name}: expected {kind} {least}, got {raw!r}")
-    return value

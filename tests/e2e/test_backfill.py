@@ -367,3 +367,27 @@ def test_unreachable_database_exits_2_without_the_password(source_ds10):
     assert "mirror:***@127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr
     assert source_ds10.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CIVICBAND_SHRINK_GUARD", "2"),
+        ("CIVICBAND_MAX_ACTIVE_JOBS", "0"),
+        ("CIVICBAND_DB_POOL_SIZE", "many"),
+        ("CIVICBAND_VERIFY_MAX_MISSING_RATIO", "-0.5"),
+        ("CIVICBAND_PROGRESS_INTERVAL", "soon"),
+        ("CIVICBAND_DIGEST_SPLIT_ROWS", "1e9x"),
+        ("CIVICBAND_BATCH_SIZE", "5000"),
+        ("CIVICBAND_SITE_URL", "https://civic.band/"),
+        ("CIVICBAND_BACKOFF_MAX", "0.01"),
+        ("JSONRPC_PORT", "many"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line_naming_them(database_url, source_ds10, name, value):
+    result = crawl(database_url, source_ds10, "subdomain=oakland.ca", settings={name: value})
+    assert result.returncode == 2, result
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"civicband: error: {name}"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert source_ds10.requests() == []
