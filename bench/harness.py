@@ -66,9 +66,16 @@ def mean_row_bytes(rows: list[dict]) -> float:
 @contextmanager
 def lookalike(root: Path) -> Iterator[str]:
     """Serve `root` with the Datasette 1.0a28 look-alike; yield its base URL."""
+    with lookalike_server(root) as server:
+        yield server.base_url
+
+
+@contextmanager
+def lookalike_server(root: Path) -> Iterator[LookalikeServer]:
+    """Serve `root` with the Datasette 1.0a28 look-alike; yield the server (its control API)."""
     server = LookalikeServer(DATASETTE, root)
     try:
-        yield server.base_url
+        yield server
     finally:
         server.stop()
 
@@ -104,6 +111,29 @@ def fresh_database(admin_url: str, label: str) -> Iterator[str]:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         conn.execute("CHECKPOINT")  # the previous contender's dirty pages are not ours to write
+    try:
+        yield with_dbname(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            query = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            conn.execute(query.format(sql.Identifier(name)))
+
+
+def dbname(url: str) -> str:
+    """The database a URL points at."""
+    return urlsplit(url).path.lstrip("/")
+
+
+@contextmanager
+def cloned_database(admin_url: str, template_url: str, label: str) -> Iterator[str]:
+    """CREATE DATABASE ... TEMPLATE: a copy of another database's state; dropped afterwards."""
+    name = f"bench_{label}_{secrets.token_hex(3)}"
+    template = sql.Identifier(dbname(template_url))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), template)
+        )
+        conn.execute("CHECKPOINT")
     try:
         yield with_dbname(admin_url, name)
     finally:
@@ -200,11 +230,21 @@ def measure(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Run
     return Run(got["wall"], got["maxrss_kb"] * 1024, got["returncode"])
 
 
-def crawl(site_url: str, subdomain: str, database_url: str, log: Path) -> Run:
-    """The whole `scrapy crawl civicband` process for one site's agendas."""
+def crawl(
+    site_url: str,
+    subdomain: str,
+    database_url: str,
+    log: Path,
+    document_type: str = "agenda",
+    extra: tuple[str, ...] = (),
+) -> Run:
+    """The whole `scrapy crawl civicband` process (one site's agendas unless told).
+
+    `extra`: more command-line arguments, e.g. ("-a", "full=true", "-s", "NAME=value").
+    """
     cmd = [str(PYTHON), "-m", "scrapy", "crawl", "civicband"]
-    cmd += ["-a", f"subdomain={subdomain}", "-a", "document_type=agenda"]
-    cmd += ["-s", f"CIVICBAND_SITE_URL={site_url}"]
+    cmd += ["-a", f"subdomain={subdomain}", "-a", f"document_type={document_type}"]
+    cmd += ["-s", f"CIVICBAND_SITE_URL={site_url}", *extra]
     env = {"CIVICBAND_DATABASE_URL": database_url, "CIVICBAND_SERVICE_SECRET": SECRET}
     return measure(cmd, log, env)
 
