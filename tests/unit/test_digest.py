@@ -1,0 +1,523 @@
+"""Bucket digests: the Python fingerprint and the source's SQL agree with SQLite itself.
+
+Datasette runs the SQL of civicband/digest.py on SQLite, so every claim here is checked on
+Python's sqlite3 in memory (the same engine family), with the parameters bound as text, as
+Datasette binds query-string parameters. The expected digests are built from the rows in Python.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pytest
+
+from civicband.digest import (
+    OTHER,
+    Bucket,
+    Difference,
+    DigestError,
+    IdRange,
+    bucket_of,
+    compare,
+    content_fp,
+    count,
+    differing,
+    digest_sql,
+    id_halves,
+    listing_sql,
+    merge,
+    other_rows_sql,
+    read_digest,
+    rows_by_id_sql,
+    text_fp,
+)
+
+COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
+LEGACY_COLUMNS = COLUMNS[:6]
+
+LONG = "x" * 200_000
+# Long text whose sampled characters are astral, combining and RTL, not ASCII.
+LONG_MIXED = ("🏛️e\u0301مجلس👩\u200d⚖️" * 20_000)[:200_000]
+HOSTILE_VALUES = [
+    None,
+    "",
+    "\x00",
+    "a\x00b",
+    "\x00abc",
+    "abc\x00",
+    "abc\x00\x00def\x00",
+    "🏛️ 👩‍⚖️",
+    "😀",
+    "e\u0301e\u0308",
+    "مجلس עברית",
+    "‏RTL‎ mark",
+    '{"name": "\\u00e9 \\ud83c\\udfdb \\u0000"}',
+    "Nguyễn 👩‍⚖️ مجلس",
+    "C:\\agenda\\item\\n 3\\",
+    "'",
+    '"',
+    "\t\r\n\r",
+    "/_agendas/City Council/2024-01-02/0001\x00.png",
+    LONG,
+    LONG_MIXED,
+    LONG + "\x00" + LONG,
+]
+HOSTILE_IDS = [
+    None,
+    None,  # SQLite's non-INTEGER primary key allows several NULLs
+    "",
+    "a",
+    "ab",
+    "abcdef01234",  # 11 digits
+    "abcdef0123456",  # 13 digits
+    "ABCDEF012345",  # upper case
+    "AbCdEf012345",
+    "123456789012",  # all digits: conforming, bound as text
+    "004351235980",
+    "99999999999999",  # all digits, 14
+    "0",
+    "ab\x00cdef012345",  # NUL early: SQLite reads "ab"
+    "\x00",
+    "\x00abcdef01234",
+    "ébcdef012345",  # non-ASCII, 12 characters
+    "abcdef01234é",
+    "ab🏛️cdef0123",
+    "g00000000000",
+    " abcdef01234",
+    "abcdef01234 ",
+    "abcdef012345\n",
+    "~",
+    "~~~~~~~~~~~~",
+    "000000000000",
+    "ffffffffffff",
+    "0123456789ab",
+    "f0f0f0f0f0f0",
+]
+
+
+def hex_ids(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{rng.getrandbits(48):012x}" for _ in range(n)]
+
+
+def make_rows(ids: Iterable[Any], seed: int = 0) -> list[dict[str, Any]]:
+    """Rows with the given ids and hostile content, deterministically by seed."""
+    rng = random.Random(seed)
+    rows = []
+    for i, row_id in enumerate(ids):
+        rows.append(
+            {
+                "id": row_id,
+                "meeting": "City Council",
+                "date": "2024-01-02",
+                "page": i,
+                "text": rng.choice(HOSTILE_VALUES),
+                "page_image": HOSTILE_VALUES[i % len(HOSTILE_VALUES)],
+                "entities_json": rng.choice(HOSTILE_VALUES),
+                "votes_json": HOSTILE_VALUES[(i * 7 + 3) % len(HOSTILE_VALUES)],
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> sqlite3.Connection:
+    """An in-memory table of the look-alike's shape (tests/lookalike/data.py)."""
+    conn = sqlite3.connect(":memory:")
+    types = {"id": "TEXT PRIMARY KEY", "page": "INTEGER"}
+    defs = ", ".join(f"{c} {types.get(c, 'TEXT')}" for c in columns)
+    conn.execute(f"CREATE TABLE agendas ({defs})")
+    for row in rows:
+        values = [row.get(c) for c in columns]
+        conn.execute(f"INSERT INTO agendas VALUES ({', '.join('?' for _ in columns)})", values)
+    return conn
+
+
+def bind(params: Mapping[str, Any]) -> dict[str, str]:
+    """Parameters as Source.sql sends them: text verbatim, anything else as compact JSON."""
+    return {
+        k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+        for k, v in params.items()
+    }
+
+
+def query(conn: sqlite3.Connection, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    cursor = conn.execute(sql, bind(params))
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def python_digest(rows: Iterable[Mapping[str, Any]]) -> dict[str, Bucket]:
+    """The digest the SQL must give, from the rows in Python."""
+    total: dict[str, Bucket] = {}
+    for row in rows:
+        bucket = bucket_of(row["id"])
+        hi, lo = id_halves(row["id"]) if bucket != OTHER else (0, 0)
+        total[bucket] = total.get(bucket, Bucket()) + Bucket(1, hi, lo, content_fp(row))
+    return total
+
+
+def sqlite_fp(value: Any, column: str = "page_image") -> int:
+    """SQLite's fingerprint of a row holding `value` in one column (listing_sql's fp)."""
+    conn = table([{"id": "ab0000000000", column: value}])
+    rows = query(conn, listing_sql("agendas", COLUMNS, 10), {"buckets": ["ab"], "after": ""})
+    assert [r["id"] for r in rows] == ["ab0000000000"]
+    return rows[0]["fp"]
+
+
+# ---- one value's fingerprint ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", HOSTILE_VALUES, ids=lambda v: repr(v)[:20] if v is not None else "NULL"
+)
+def test_text_fp_is_what_sqlite_computes(value):
+    assert text_fp(value) == sqlite_fp(value)
+
+
+@pytest.mark.parametrize(("column", "weight"), [("entities_json", 1009), ("votes_json", 1_000_003)])
+def test_each_content_column_has_its_weight_in_sqlite_and_in_python(column, weight):
+    value = "🏛️ e\u0301 \x00 hidden"
+    assert sqlite_fp(value, column) == weight * text_fp(value) == content_fp({column: value})
+
+
+def test_text_fp_stops_at_the_first_nul_like_sqlite():
+    assert (
+        text_fp("abc\x00anything")
+        == text_fp("abc")
+        != text_fp("abc\x00anything".replace("\x00", ""))
+    )
+    assert text_fp("\x00abc") == text_fp("") == 1  # present but empty is not NULL
+    assert text_fp(None) == 0
+
+
+def test_text_fp_of_a_known_value():
+    # length 3, characters sampled at 1, 2 and 3 (1 + L/4, 1 + L/2, 1 + 3L/4)
+    assert text_fp("abc") == 1 + 3 + 3 * ord("a") + 5 * ord("b") + 7 * ord("c")
+
+
+def test_numbers_are_fingerprinted_as_sqlite_reads_them_from_a_text_column():
+    assert text_fp(12345) == text_fp("12345") == sqlite_fp(12345)
+
+
+def test_content_fp_of_a_row_is_what_sqlite_lists_for_it():
+    rows = make_rows(hex_ids(len(HOSTILE_VALUES) * 3, seed=1), seed=1)
+    conn = table(rows)
+    buckets = sorted({bucket_of(r["id"]) for r in rows})
+    listed = query(conn, listing_sql("agendas", COLUMNS, 10_000), {"buckets": buckets, "after": ""})
+    assert {r["id"]: r["fp"] for r in listed} == {r["id"]: content_fp(r) for r in rows}
+
+
+def test_legacy_tables_fingerprint_only_the_columns_they_have():
+    rows = [
+        {k: v for k, v in row.items() if k in LEGACY_COLUMNS}
+        for row in make_rows(hex_ids(40, seed=2), seed=2)
+    ]
+    conn = table(rows, LEGACY_COLUMNS)
+    buckets = sorted({bucket_of(r["id"]) for r in rows})
+    sql = listing_sql("agendas", LEGACY_COLUMNS, 10_000)
+    listed = query(conn, sql, {"buckets": buckets, "after": ""})
+    assert {r["id"]: r["fp"] for r in listed} == {r["id"]: content_fp(r) for r in rows}
+    assert {r["id"]: r["fp"] for r in listed} == {r["id"]: text_fp(r["page_image"]) for r in rows}
+
+
+def test_a_table_without_any_content_column_has_zero_fingerprints():
+    rows = [{"id": i, "meeting": "M"} for i in [*hex_ids(5), None, "X"]]
+    conn = table(rows, ("id", "meeting"))
+    got = read_digest(query(conn, *digest_sql("agendas", ("id", "meeting"), IdRange())))
+    assert got == python_digest(rows)
+    assert {b.fp for b in got.values()} == {0}
+
+
+# ---- ids and buckets -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row_id", "bucket"),
+    [
+        ("abcdef012345", "ab"),
+        ("004351235980", "00"),
+        ("123456789012", "12"),
+        ("ABCDEF012345", OTHER),
+        ("abcdef0123456", OTHER),
+        ("abcdef01234", OTHER),
+        ("abcdef012345\n", OTHER),
+        ("abcdef012345\x00", OTHER),
+        ("ébcdef012345", OTHER),
+        ("", OTHER),
+        (None, OTHER),
+        (123456789012, OTHER),
+    ],
+)
+def test_bucket_of(row_id, bucket):
+    assert bucket_of(row_id) == bucket
+
+
+def test_id_halves_are_the_two_24_bit_values():
+    assert id_halves("abcdef012345") == (0xABCDEF, 0x012345)
+    assert id_halves("ffffffffffff") == (2**24 - 1, 2**24 - 1)
+    assert id_halves("000000000000") == (0, 0)
+
+
+# ---- digest_sql over whole tables and id ranges --------------------------------------------------
+
+
+def hostile_table_rows(seed: int = 0) -> list[dict[str, Any]]:
+    return make_rows([*HOSTILE_IDS, *hex_ids(600, seed=seed)], seed=seed)
+
+
+def sql_digest(conn: sqlite3.Connection, columns: tuple[str, ...], id_range: IdRange):
+    sql, params = digest_sql("agendas", columns, id_range)
+    assert params["h"] == "0123456789abcdef"
+    return read_digest(query(conn, sql, params))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["current", "legacy"])
+def test_digest_of_a_whole_table_is_the_digest_of_its_rows(legacy):
+    columns = LEGACY_COLUMNS if legacy else COLUMNS
+    rows = [{k: v for k, v in r.items() if k in columns} for r in hostile_table_rows(seed=3)]
+    conn = table(rows, columns)
+    got = sql_digest(conn, columns, IdRange())
+    expected = python_digest(rows)
+    assert got == expected
+    assert count(got) == len(rows)
+    assert got[OTHER].n == sum(bucket_of(r["id"]) == OTHER for r in rows) > 20
+
+
+def split_ranges(depth: int) -> list[IdRange]:
+    ranges = [IdRange()]
+    for _ in range(depth):
+        ranges = [part for r in ranges for part in r.split()]
+    return ranges
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("legacy", [False, True], ids=["current", "legacy"])
+def test_digests_of_split_ranges_merge_to_the_digest_of_the_rows(depth, legacy):
+    columns = LEGACY_COLUMNS if legacy else COLUMNS
+    rows = [{k: v for k, v in r.items() if k in columns} for r in hostile_table_rows(seed=4)]
+    conn = table(rows, columns)
+    parts = [sql_digest(conn, columns, r) for r in split_ranges(depth)]
+    assert len(parts) == 16**depth
+    assert merge(parts) == python_digest(rows)
+    # Each conforming bucket is answered by exactly one range: the cuts follow the hex digits.
+    for bucket in {b for part in parts for b in part if b != OTHER}:
+        assert sum(bucket in part for part in parts) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="digest.py: SQLite's length() and glob stop at the first NUL, so digest_sql (and "
+    "listing_sql) count an id of 12 hex digits then NUL in its hex bucket ('ab'), while "
+    "bucket_of and PostgreSQL's local_digest put it (a rejected row) in '~': both buckets "
+    "differ on every run and verification can never pass",
+)
+@pytest.mark.parametrize("row_id", ["abcdef012345\x00", "abcdef012345\x00zz"])
+def test_an_id_of_twelve_hex_digits_then_nul_is_in_the_same_bucket_on_both_sides(row_id):
+    rows = make_rows([row_id, "abcdef012340"])
+    conn = table(rows)
+    assert sql_digest(conn, COLUMNS, IdRange()) == python_digest(rows)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="digest.py: other_rows_sql's conformity test stops at the first NUL, so it leaves "
+    "out a row whose id is 12 hex digits then NUL, which the mirror holds (rejected) in '~': "
+    "catch-up then takes that rejection for one the source no longer has",
+)
+def test_other_rows_include_an_id_of_twelve_hex_digits_then_nul():
+    rows = make_rows(["abcdef012345\x00zz"])
+    conn = table(rows)
+    got = query(conn, other_rows_sql("agendas", 10), {"after": "0"})
+    assert [r["id"] for r in got] == ["abcdef012345\x00zz"]
+
+
+# ---- IdRange -------------------------------------------------------------------------------------
+
+
+def test_split_of_the_whole_range_cuts_after_the_first_digit():
+    parts = IdRange().split()
+    assert parts[0] == IdRange(None, "1")
+    assert parts[1] == IdRange("1", "2")
+    assert parts[-1] == IdRange("f", None)
+    assert [p.depth for p in parts] == [1] * 16
+
+
+def test_split_of_the_first_range_keeps_null_in_its_first_part():
+    parts = IdRange(None, "1").split()
+    assert parts[0] == IdRange(None, "01")
+    assert parts[-1] == IdRange("0f", "1")
+    assert IdRange("f", None).split()[-1] == IdRange("ff", None)
+    assert IdRange("a", "b").split()[0] == IdRange("a", "a1")
+    assert {p.depth for p in parts} == {2}
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_split_ranges_cover_every_id_exactly_once(depth):
+    ids = [*HOSTILE_IDS, *hex_ids(300, seed=5), "abcdef012345\x00zz", "\uffff", "f" * 13]
+    rows = make_rows(ids)
+    conn = table(rows)
+    seen: list[int] = []
+    ranges = split_ranges(depth)
+    for number, id_range in enumerate(ranges):
+        where, params = id_range.where()
+        got = query(conn, f"select rowid, id from agendas where {where}", params)
+        seen += [r["rowid"] for r in got]
+        nulls = [r for r in got if r["id"] is None]
+        assert not nulls or number == 0, f"NULL ids in range {number}: {id_range}"
+        if number == 0:
+            assert len(nulls) == 2
+    assert sorted(seen) == list(range(1, len(rows) + 1))
+
+
+def test_where_of_an_open_range_is_everything():
+    assert IdRange().where() == ("1", {})
+    assert IdRange().depth == 0
+
+
+# ---- listing_sql and other_rows_sql --------------------------------------------------------------
+
+
+def page_through_listing(conn, columns, buckets, limit):
+    listed, after = [], ""
+    while True:
+        page = query(
+            conn, listing_sql("agendas", columns, limit), {"buckets": buckets, "after": after}
+        )
+        listed += page
+        if len(page) < limit:
+            return listed
+        after = str(page[-1]["id"])
+
+
+@pytest.mark.parametrize("limit", [1, 3, 1000])
+def test_listing_pages_the_conforming_ids_of_the_buckets_in_order(limit):
+    rows = hostile_table_rows(seed=6)
+    conn = table(rows)
+    buckets = ["00", "12", "ab", "ff", OTHER, "zz"]
+    listed = page_through_listing(conn, COLUMNS, buckets, limit)
+    expected = sorted(
+        (r for r in rows if bucket_of(r["id"]) in buckets and bucket_of(r["id"]) != OTHER),
+        key=lambda r: r["id"],
+    )
+    assert [r["id"] for r in listed] == [r["id"] for r in expected]
+    assert [r["fp"] for r in listed] == [content_fp(r) for r in expected]
+    assert {"123456789012", "ffffffffffff"} <= {r["id"] for r in listed}
+
+
+def test_listing_starts_after_the_keyset():
+    rows = make_rows(["ab0000000001", "ab0000000002", "ab0000000003", "ac0000000000"])
+    conn = table(rows)
+    got = query(
+        conn,
+        listing_sql("agendas", COLUMNS, 10),
+        {"buckets": ["ab", "ac"], "after": "ab0000000001"},
+    )
+    assert [r["id"] for r in got] == ["ab0000000002", "ab0000000003", "ac0000000000"]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 1000])
+def test_other_rows_are_exactly_the_non_conforming_rows_by_rowid(limit):
+    rows = hostile_table_rows(seed=7)
+    conn = table(rows)
+    got, after = [], 0
+    while True:
+        page = query(conn, other_rows_sql("agendas", limit), {"after": str(after)})
+        for row in page:
+            after = max(after, int(row.pop("civicband_rowid")))
+        got += page
+        if len(page) < limit:
+            break
+    expected = [r for r in rows if bucket_of(r["id"]) == OTHER]
+    assert got == expected
+    assert len(got) > 20
+
+
+def test_rows_by_id_keeps_all_digit_ids_as_text():
+    rows = make_rows(["004351235980", "4351235980", "abcdef012345"])
+    conn = table(rows)
+    got = query(conn, rows_by_id_sql("agendas"), {"ids": ["004351235980", "abcdef012345"]})
+    assert sorted(r["id"] for r in got) == ["004351235980", "abcdef012345"]
+
+
+# ---- read_digest ---------------------------------------------------------------------------------
+
+
+def test_read_digest_sums_repeated_buckets_and_reads_null_as_zero():
+    rows = [
+        {"bucket": "ab", "n": 2, "hi": 10, "lo": 20, "fp": 30},
+        {"bucket": "ab", "n": 1, "hi": 1, "lo": 2, "fp": 3},
+        {"bucket": OTHER, "n": 3, "hi": None, "lo": None, "fp": None},
+    ]
+    assert read_digest(rows) == {"ab": Bucket(3, 11, 22, 33), OTHER: Bucket(3, 0, 0, 0)}
+
+
+@pytest.mark.parametrize("value", [1.5, "3", True, [1], 2.0])
+@pytest.mark.parametrize("key", ["n", "hi", "lo", "fp"])
+def test_read_digest_refuses_values_that_are_not_integers(key, value):
+    row = {"bucket": "ab", "n": 1, "hi": 1, "lo": 1, "fp": 1, key: value}
+    with pytest.raises(DigestError, match=f"non-integer {key}"):
+        read_digest([row])
+
+
+@pytest.mark.parametrize("bucket", [None, 12, b"ab", ["ab"]])
+def test_read_digest_refuses_buckets_that_are_not_text(bucket):
+    with pytest.raises(DigestError, match="bucket that is not text"):
+        read_digest([{"bucket": bucket, "n": 1, "hi": 0, "lo": 0, "fp": 0}])
+
+
+# ---- comparing digests and listings --------------------------------------------------------------
+
+
+def test_differing_lists_buckets_in_order_either_side_missing_counts_as_empty():
+    source = {"ab": Bucket(1, 2, 3, 4), "00": Bucket(1, 1, 1, 1), OTHER: Bucket(2, 0, 0, 9)}
+    local = {"ab": Bucket(1, 2, 3, 5), "ff": Bucket(1, 1, 1, 1), "11": Bucket()}
+    assert differing(source, local) == ["00", "ab", "ff", OTHER]
+    assert differing(source, dict(source)) == []
+    assert differing({"ab": Bucket()}, {}) == []
+
+
+@pytest.mark.parametrize("field", ["n", "hi", "lo", "fp"])
+def test_differing_sees_each_field(field):
+    base = Bucket(5, 6, 7, 8)
+    other = Bucket(**{**base.__dict__, field: getattr(base, field) + 1})
+    assert differing({"ab": base}, {"ab": other}) == ["ab"]
+
+
+def test_compare_finds_missing_extra_stale_and_stale_rejections():
+    source = {"a1": 1, "a2": 2, "a3": 3, "a4": 4, "a5": 5}
+    local = {"a1": 1, "a2": 20, "a6": 6}
+    rejected = {"a3": 3, "a7": 7}
+    difference = compare(source, local, rejected)
+    assert difference == Difference(
+        missing=["a4", "a5"], extra=["a6"], stale=["a2"], stale_rejections=["a7"]
+    )
+    assert difference.to_fetch == ["a2", "a4", "a5"]
+
+
+def test_compare_of_equal_listings_is_empty():
+    listing = {f"{i:012x}": i for i in range(20)}
+    assert compare(listing, dict(listing), {}) == Difference([], [], [], [])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="digest.compare ignores the rejected rows' fingerprints: a rejected row changed in "
+    "place at the source (page_image/entities_json/votes_json) is neither missing nor stale, "
+    "so it is never fetched again and its bucket differs on every run",
+)
+def test_a_rejected_row_changed_at_the_source_is_fetched_again():
+    difference = compare({"ab0000000001": 5}, {}, {"ab0000000001": 4})
+    assert difference.to_fetch == ["ab0000000001"]
+
+
+def test_difference_add_concatenates_each_list_and_to_fetch_is_sorted_and_unique():
+    one = Difference(["b"], ["x"], ["a"], ["r1"])
+    two = Difference(["c", "a"], [], ["d"], ["r2"])
+    total = one + two
+    assert total == Difference(["b", "c", "a"], ["x"], ["a", "d"], ["r1", "r2"])
+    assert total.to_fetch == ["a", "b", "c", "d"]
+    assert Difference([], ["x"], [], ["r"]).to_fetch == []
