@@ -1,0 +1,133 @@
+"""Catch-up's pure parts: the `~` bucket compared row by row, and the shrink guard's message."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from civicband.catchup import other_difference, raw_md5, shrink_refusal
+from civicband.digest import Difference, content_fp
+from civicband.rows import raw_text
+
+
+def row(row_id, **values):
+    return {
+        "id": row_id,
+        "meeting": "City Council",
+        "date": "2024-01-02",
+        "page": 1,
+        "text": "text",
+        "page_image": "/_agendas/x.png",
+        **values,
+    }
+
+
+def test_raw_md5_is_the_md5_of_the_raw_text_postgresql_stores():
+    one = row(None, text="a\x00b\ud800")
+    assert raw_md5(one) == hashlib.md5(raw_text(one).encode("utf-8")).hexdigest()
+    assert raw_md5(one) != raw_md5(row(None, text="a\x00b"))
+
+
+def test_rows_stored_here_with_the_same_content_do_not_differ():
+    rows = [row("ABCDEF012345"), row("short"), row("abcdef0123456")]
+    pages = {r["id"]: content_fp(r) for r in rows}
+    assert other_difference(rows, pages, []) == Difference([], [], [], [])
+
+
+def test_a_page_changed_at_the_source_is_stale():
+    source = [row("ABCDEF012345", page_image="/new.png"), row("short")]
+    pages = {"ABCDEF012345": content_fp(row("ABCDEF012345")), "short": content_fp(row("short"))}
+    assert other_difference(source, pages, []) == Difference([], [], ["ABCDEF012345"], [])
+
+
+def test_a_page_the_source_no_longer_has_is_extra():
+    pages = {"gone": 1, "ABCDEF012345": content_fp(row("ABCDEF012345")), "also gone": 2}
+    difference = other_difference([row("ABCDEF012345")], pages, [])
+    assert difference == Difference([], ["also gone", "gone"], [], [])
+
+
+def test_a_source_row_neither_stored_nor_rejected_is_missing_named_by_its_id():
+    source = [row("new one"), row(None), row("")]
+    difference = other_difference(source, {}, [])
+    assert difference.missing == [
+        "'new one' (not 12 hex digits)",
+        "None (not 12 hex digits)",
+        "'' (not 12 hex digits)",
+    ]
+    assert (difference.extra, difference.stale, difference.stale_rejections) == ([], [], [])
+
+
+def test_a_rejected_row_is_known_by_its_raw_content_whatever_its_id():
+    nul_id, null_id, blank = row("ab\x00cd"), row(None, text="other"), row("")
+    rejected = [("ab\\u0000cd", raw_md5(nul_id)), (None, raw_md5(null_id)), ("", raw_md5(blank))]
+    assert other_difference([nul_id, null_id, blank], {}, rejected) == Difference([], [], [], [])
+
+
+def test_a_rejected_row_changed_at_the_source_is_missing_and_its_old_rejection_gone():
+    old, new = row(None, text="before"), row(None, text="after")
+    difference = other_difference([new], {}, [(None, raw_md5(old))])
+    assert difference == Difference(["None (not 12 hex digits)"], [], [], [raw_md5(old)])
+
+
+def test_rejections_the_source_no_longer_has_are_listed_by_md5_in_order():
+    kept = row(None, text="kept")
+    rejected = [(None, "f" * 32), (None, raw_md5(kept)), ("x", "0" * 32)]
+    difference = other_difference([kept], {}, rejected)
+    assert difference.stale_rejections == ["0" * 32, "f" * 32]
+    assert difference.missing == []
+
+
+def test_two_null_id_rows_are_told_apart_by_content():
+    one, two = row(None, text="one"), row(None, text="two")
+    difference = other_difference([one, two], {}, [(None, raw_md5(one))])
+    assert difference.missing == ["None (not 12 hex digits)"]
+
+
+def test_an_id_stored_here_as_a_page_is_not_missing_even_if_rejected_elsewhere():
+    source = [row("ABC")]
+    difference = other_difference(source, {"ABC": content_fp(row("ABC"))}, [("ABC", "9" * 32)])
+    assert difference == Difference([], [], [], ["9" * 32])
+
+
+def test_the_whole_tilde_bucket_at_once():
+    source = [
+        row("same"),
+        row("changed", entities_json='{"a": 1}'),
+        row("new"),
+        row(None, text="rejected"),
+        row(None, text="new null"),
+    ]
+    pages = {
+        "same": content_fp(row("same")),
+        "changed": content_fp(row("changed")),
+        "vanished": 5,
+    }
+    rejected = [(None, raw_md5(row(None, text="rejected"))), ("old", "e" * 32)]
+    difference = other_difference(source, pages, rejected)
+    assert difference == Difference(
+        ["'new' (not 12 hex digits)", "None (not 12 hex digits)"],
+        ["vanished"],
+        ["changed"],
+        ["e" * 32],
+    )
+
+
+# ---- shrink_refusal ------------------------------------------------------------------------------
+
+
+def test_the_shrink_refusal_says_what_and_how_to_accept_it_on_one_line():
+    message = shrink_refusal("oakland.ca", "agenda", 120, 1000, 400, 0.5)
+    assert message == (
+        "Refusing to remove 120 of 1000 pages of oakland.ca/agenda: the source holds 400 rows,"
+        " below CIVICBAND_SHRINK_GUARD (0.5) of the mirror's (a site caught mid-rebuild?)."
+        " Nothing was deleted; run again later, or accept the shrink with -a allow_shrink=true"
+    )
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("guard", "shown"), [(0.75, "(0.75)"), (1.0, "(1)"), (0.333333333, "(0.333333)")]
+)
+def test_the_shrink_refusal_shows_the_guard_briefly(guard, shown):
+    assert f"CIVICBAND_SHRINK_GUARD {shown}" in shrink_refusal("x", "minutes", 1, 2, 0, guard)
