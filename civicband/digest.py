@@ -24,10 +24,15 @@ from typing import Any
 HEX_ID = re.compile(r"^[0-9a-f]{12}\Z")
 OTHER = "~"  # the bucket of every id that is not 12 lowercase hex digits (sorts after hex)
 HEX = "0123456789abcdef"
-# Columns outside the id hash and their weights in a row's fingerprint.
-CONTENT_COLUMNS = (("page_image", 1), ("entities_json", 1009), ("votes_json", 1_000_003))
+# Columns outside the id hash and their weights in a row's fingerprint: small, so that a
+# bucket's sum of fingerprints stays far inside SQLite's 64-bit integers.
+CONTENT_COLUMNS = (("page_image", 1), ("entities_json", 3), ("votes_json", 7))
 # Characters sampled from each value of length L: (weight, a, b) samples position 1 + a*L/b.
-_SAMPLES = ((3, 1, 4), (5, 1, 2), (7, 3, 4))
+_SAMPLES = ((101, 1, 6), (211, 1, 3), (307, 1, 2), (401, 2, 3), (503, 5, 6))
+# Letters counted in each value, and their weights: a re-extraction that keeps a value's
+# length and sampled characters (names reordered or swapped) still changes these counts.
+_COUNTS = (("a", 1009), ("e", 2003), ("i", 3001), ("o", 4001))
+_LENGTH_WEIGHT = 7
 
 
 def bucket_of(row_id: Any) -> str:
@@ -48,11 +53,11 @@ def text_fp(value: Any) -> int:
     if "\x00" in text:
         text = text[: text.index("\x00")]  # SQLite's text functions stop at the first NUL
     length = len(text)
-    sampled = 0
-    for weight, a, b in _SAMPLES:
-        position = 1 + a * length // b
-        sampled += weight * (ord(text[position - 1]) if position <= length else 0)
-    return 1 + length + sampled
+    if not length:
+        return 1
+    sampled = sum(weight * ord(text[a * length // b]) for weight, a, b in _SAMPLES)
+    counted = sum(weight * text.count(letter) for letter, weight in _COUNTS)
+    return 1 + _LENGTH_WEIGHT * length + sampled + counted
 
 
 def content_fp(row: Mapping[str, Any]) -> int:
@@ -65,22 +70,34 @@ def content_fp(row: Mapping[str, Any]) -> int:
 # value a one-letter name and its length, so the expressions stay short.
 
 _ALIASES = {"page_image": "p", "entities_json": "e", "votes_json": "v"}
+# An id of twelve lowercase hex digits, as HEX_ID says. length() and glob stop at a NUL, so the
+# id's bytes are counted too: `abcdef012345` followed by NUL is not one.
+_CONFORMS = "ifnull(length(id)=12 and length(cast(id as blob))=12 and id not glob '*[^0-9a-f]*',0)"
 # 0x111111: instr() counts hex digits from 1, so each six-digit half is this much too large.
 _HALF_OFFSET = int("111111", 16)
 
 
 def _fp_sql(columns: Iterable[str]) -> str:
-    """The row fingerprint over the inner query's names; missing columns (older sites) are NULL."""
+    """The row fingerprint over the inner query's names; missing columns (older sites) are NULL.
+
+    A letter's count is `L - length(replace(v, letter, ''))`; the L terms are gathered into one
+    coefficient and the rest subtracted, which keeps the URL short. An empty value has no
+    characters to sample (unicode() is NULL), hence `lv=0` as the fallback: 1, and 0 for NULL.
+    """
     have = set(columns)
+    length_weight = _LENGTH_WEIGHT + sum(weight for _, weight in _COUNTS)
     terms = []
     for column, weight in CONTENT_COLUMNS:
         if column not in have:
             continue
         value, length = _ALIASES[column], "l" + _ALIASES[column]
-        samples = "+".join(
-            f"{w}*ifnull(unicode(substr({value},1+{a}*{length}/{b},1)),0)" for w, a, b in _SAMPLES
+        samples = "".join(
+            f"+{w}*unicode(substr({value},1+{f'{a}*' if a > 1 else ''}{length}/{b},1))"
+            for w, a, b in _SAMPLES
         )
-        terms.append(f"{weight}*ifnull(1+{length}+{samples},0)")
+        counts = "".join(f"-{w}*length(replace({value},'{c}',''))" for c, w in _COUNTS)
+        term = f"coalesce(1+{length_weight}*{length}{samples}{counts},{length}=0,0)"
+        terms.append(term if weight == 1 else f"{weight}*{term}")
     return "+".join(terms) or "0"
 
 
@@ -92,10 +109,7 @@ def _inner_sql(table: str, columns: Iterable[str], where: str) -> str:
         for column, alias in _ALIASES.items()
         if column in have
     )
-    return (
-        f"select id,ifnull(length(id)=12 and id not glob '*[^0-9a-f]*',0) as c{named}"
-        f" from {table} where {where}"
-    )
+    return f"select id,{_CONFORMS} as c{named} from {table} where {where}"
 
 
 def _half_sql(first: int) -> str:
@@ -166,7 +180,7 @@ def other_rows_sql(table: str, limit: int) -> str:
     """Whole rows of the `~` bucket (NULL and non-hex ids), keyset on rowid."""
     return (
         f"select rowid as civicband_rowid,* from {table} where rowid>:after"
-        f" and not ifnull(length(id)=12 and id not glob '*[^0-9a-f]*',0)"
+        f" and not {_CONFORMS}"
         f" order by rowid limit {int(limit)}"
     )
 
@@ -261,16 +275,24 @@ class Difference:
 
     @property
     def to_fetch(self) -> list[str]:
-        """Ids a catch-up fetches: new and changed pages."""
-        return sorted({*self.missing, *self.stale})
+        """Hex ids a catch-up fetches: new and changed pages (the `~` bucket comes whole)."""
+        return sorted(i for i in {*self.missing, *self.stale} if HEX_ID.match(i))
 
 
 def compare(
     source: Mapping[str, int], local: Mapping[str, int], rejected: Mapping[str, int]
 ) -> Difference:
-    """Complete listings (id -> fingerprint) of the same buckets on both sides, compared."""
+    """Complete listings (id -> fingerprint) of the same buckets on both sides, compared.
+
+    A rejected row changed at the source is stale too: fetched again, it is stored or
+    rejected anew.
+    """
     missing = sorted(set(source) - set(local) - set(rejected))
     extra = sorted(set(local) - set(source))
-    stale = sorted(i for i in set(source) & set(local) if source[i] != local[i])
+    stale = sorted(
+        i
+        for i in set(source) & (set(local) | set(rejected))
+        if source[i] != local.get(i, rejected.get(i))
+    )
     stale_rejections = sorted(set(rejected) - set(source))
     return Difference(missing, extra, stale, stale_rejections)

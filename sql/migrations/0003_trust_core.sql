@@ -43,9 +43,16 @@ ALTER TABLE rejected_rows ADD COLUMN content_fp bigint NOT NULL DEFAULT 0;
 -- Pages stored before this migration: the same formula in PostgreSQL (their NULs are gone, so
 -- a page that had one will look changed once and be fetched again).
 UPDATE meeting_pages SET content_fp =
-    (SELECT coalesce(sum(w * CASE WHEN v IS NULL THEN 0 ELSE
-         1 + length(v)
-         + 3 * coalesce(ascii(substr(v, 1 + 1 * length(v) / 4, 1)), 0)
-         + 5 * coalesce(ascii(substr(v, 1 + 1 * length(v) / 2, 1)), 0)
-         + 7 * coalesce(ascii(substr(v, 1 + 3 * length(v) / 4, 1)), 0) END), 0)
-     FROM (VALUES (page_image, 1::bigint), (entities_json, 1009), (votes_json, 1000003)) AS c (v, w));
+    (SELECT coalesce(sum(w * CASE WHEN v IS NULL THEN 0 WHEN l = 0 THEN 1 ELSE
+         1 + 7 * l
+         + 101 * ascii(substr(v, 1 + length(v) / 6, 1))
+         + 211 * ascii(substr(v, 1 + length(v) / 3, 1))
+         + 307 * ascii(substr(v, 1 + length(v) / 2, 1))
+         + 401 * ascii(substr(v, 1 + 2 * length(v) / 3, 1))
+         + 503 * ascii(substr(v, 1 + 5 * length(v) / 6, 1))
+         + 1009 * (l - length(replace(v, 'a', '')))
+         + 2003 * (l - length(replace(v, 'e', '')))
+         + 3001 * (l - length(replace(v, 'i', '')))
+         + 4001 * (l - length(replace(v, 'o', ''))) END), 0)
+     FROM (VALUES (page_image, 1::bigint), (entities_json, 3), (votes_json, 7)) AS c (v, w),
+         LATERAL (SELECT length(v)::bigint AS l) AS n);
