@@ -64,7 +64,7 @@ def other_difference(
 
 
 def shrink_refusal(
-    subdomain: str, document_type: str, removing: int, local: int, source: int, guard: float
+    subdomain: str, document_type: str, *, removing: int, local: int, source: int, guard: float
 ) -> str:
     """The one-line reason nothing was deleted, and how to accept the shrink."""
     return (
@@ -83,6 +83,9 @@ class CatchUp:
         self.stats = crawler.stats
         self.guard = crawler.settings.getfloat("CIVICBAND_SHRINK_GUARD")
         self.batch_size = crawler.settings.getint("CIVICBAND_BATCH_SIZE") or MAX_PAGE_SIZE
+        if not crawler.settings.get("CIVICBAND_SERVICE_SECRET"):  # public pages are capped
+            public = crawler.settings.getint("CIVICBAND_PUBLIC_PAGE_SIZE")
+            self.batch_size = min(self.batch_size, public or self.batch_size)
         self.writer = PageWriter(crawler)
 
     @classmethod
@@ -165,7 +168,7 @@ class CatchUp:
             )
             difference += other_difference(other_rows, other_pages, other_rejected)
         to_fetch = difference.to_fetch
-        if not job.repair and self._cheaper_to_page(len(to_fetch), expected):
+        if not job.repair and self._cheaper_to_page(source, site, len(to_fetch), expected):
             await self._become_full_pass(job, registry, store, len(to_fetch))
             return
         job.rows_expected = job.rows_done + len(to_fetch) + len(other_rows)
@@ -173,13 +176,20 @@ class CatchUp:
             await self._store(job, registry, rows, checked)
         if other_rows:
             await self._store(job, registry, other_rows, other_checked)
-        await self._delete(job, registry, store, difference, expected, pages + rejected)
+        await self._delete(
+            job, registry, store, difference=difference, expected=expected, local=pages + rejected
+        )
         registry.exhausted(job, source_digest)
 
-    def _cheaper_to_page(self, fetch: int, expected: int) -> bool:
-        """Whether a full pass would take fewer requests than fetching these rows by id."""
-        by_id = math.ceil(fetch / IDS_PER_REQUEST)
-        paging = math.ceil(expected / self.batch_size) + 1
+    def _cheaper_to_page(self, source: Source, site: str, fetch: int, expected: int) -> bool:
+        """Whether a full pass would take fewer requests than fetching these rows by id.
+
+        Pages are as large as the site serves them: public pages are capped, and a site with a
+        smaller max_returned_rows says so.
+        """
+        size = min(self.batch_size, source.page_limits.get(site, MAX_PAGE_SIZE))
+        by_id = math.ceil(fetch / min(IDS_PER_REQUEST, size))
+        paging = math.ceil(expected / size) + 1
         return by_id > paging
 
     async def _become_full_pass(
@@ -217,6 +227,7 @@ class CatchUp:
         job: ActiveJob,
         registry: Registry,
         store: Store,
+        *,
         difference: Difference,
         expected: int,
         local: int,
@@ -229,7 +240,12 @@ class CatchUp:
         if difference.extra and not job.allow_shrink and expected < self.guard * local:
             self.stats.inc_value("civicband/shrink/refused")
             message = shrink_refusal(
-                job.subdomain, job.document_type, len(difference.extra), local, expected, self.guard
+                job.subdomain,
+                job.document_type,
+                removing=len(difference.extra),
+                local=local,
+                source=expected,
+                guard=self.guard,
             )
             await registry.fail(job, message)
             raise DropItem(message)

@@ -180,7 +180,7 @@ def dialect_of_body(body: bytes) -> str:
 
 # Characters RFC 3986 allows unescaped in a query, kept so: the digest's SQL is mostly these,
 # and escaping them would bring its URL near URLLENGTH_LIMIT.
-_SQL_SAFE = "(),*!:@/'"
+_SQL_SAFE = "(),*!:@/"
 
 
 def sql_url(root: str, dialect: str, sql: str, **params: str) -> str:

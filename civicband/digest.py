@@ -28,7 +28,7 @@ HEX = "0123456789abcdef"
 # bucket's sum of fingerprints stays far inside SQLite's 64-bit integers.
 CONTENT_COLUMNS = (("page_image", 1), ("entities_json", 3), ("votes_json", 7))
 # Characters sampled from each value of length L: (weight, a, b) samples position 1 + a*L/b.
-_SAMPLES = ((101, 1, 6), (211, 1, 3), (307, 1, 2), (401, 2, 3), (503, 5, 6))
+_SAMPLES = ((101, 1, 5), (211, 2, 5), (307, 3, 5), (401, 4, 5))
 # Letters counted in each value, and their weights: a re-extraction that keeps a value's
 # length and sampled characters (names reordered or swapped) still changes these counts.
 _COUNTS = (("a", 1009), ("e", 2003), ("i", 3001), ("o", 4001))

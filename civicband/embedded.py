@@ -585,7 +585,11 @@ def _is_server_bindir(bindir: Path) -> bool:
 def _binary_major(bindir: Path) -> int:
     """Major version of the server in `bindir` (`postgres (PostgreSQL) 18.6` -> 18)."""
     out = subprocess.run(
-        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=10
+        [str(bindir / "postgres"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
     ).stdout
     match = re.search(r"\(PostgreSQL\) (\d+)", out)
     return int(match.group(1)) if match else -1

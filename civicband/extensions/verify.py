@@ -161,7 +161,14 @@ class Verify:
         shrunk = source_count < self.guard * local or seen < self.guard * local
         if unseen > 0 and shrunk and not job.allow_shrink:
             self.stats.inc_value("civicband/shrink/refused")
-            message = shrink_refusal(site, kind, unseen, local, min(seen, source_count), self.guard)
+            message = shrink_refusal(
+                site,
+                kind,
+                removing=unseen,
+                local=local,
+                source=min(seen, source_count),
+                guard=self.guard,
+            )
             return Verdict("failed", source_count, local, 0, None, unseen, None, message)
 
         async def work(conn: Any) -> tuple[int, int]:

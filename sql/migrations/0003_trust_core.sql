@@ -45,11 +45,10 @@ ALTER TABLE rejected_rows ADD COLUMN content_fp bigint NOT NULL DEFAULT 0;
 UPDATE meeting_pages SET content_fp =
     (SELECT coalesce(sum(w * CASE WHEN v IS NULL THEN 0 WHEN l = 0 THEN 1 ELSE
          1 + 7 * l
-         + 101 * ascii(substr(v, 1 + length(v) / 6, 1))
-         + 211 * ascii(substr(v, 1 + length(v) / 3, 1))
-         + 307 * ascii(substr(v, 1 + length(v) / 2, 1))
-         + 401 * ascii(substr(v, 1 + 2 * length(v) / 3, 1))
-         + 503 * ascii(substr(v, 1 + 5 * length(v) / 6, 1))
+         + 101 * ascii(substr(v, 1 + length(v) / 5, 1))
+         + 211 * ascii(substr(v, 1 + 2 * length(v) / 5, 1))
+         + 307 * ascii(substr(v, 1 + 3 * length(v) / 5, 1))
+         + 401 * ascii(substr(v, 1 + 4 * length(v) / 5, 1))
          + 1009 * (l - length(replace(v, 'a', '')))
          + 2003 * (l - length(replace(v, 'e', '')))
          + 3001 * (l - length(replace(v, 'i', '')))

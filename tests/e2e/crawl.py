@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from urllib.parse import parse_qs
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -334,21 +335,26 @@ def sql_requests(source: Any, subdomain: str | None = None) -> list[dict[str, An
     return sorted(found, key=lambda r: r["time"])
 
 
+def sql_of(request: dict[str, Any]) -> str:
+    """The SQL a logged request asked, decoded (empty for a table page)."""
+    return parse_qs(request["query"]).get("sql", [""])[0]
+
+
 def is_digest(request: dict[str, Any]) -> bool:
     """A digest request (civicband.digest.digest_sql)."""
-    return "group+by+bucket" in request["query"]
+    return "group by bucket" in sql_of(request)
 
 
 def is_listing(request: dict[str, Any]) -> bool:
     """An id listing of differing buckets (civicband.digest.listing_sql)."""
-    return "json_each%28%3Abuckets" in request["query"]
+    return "json_each(:buckets)" in sql_of(request)
 
 
 def is_by_id(request: dict[str, Any]) -> bool:
     """A fetch of whole rows by id (civicband.digest.rows_by_id_sql)."""
-    return "json_each%28%3Aids" in request["query"]
+    return "json_each(:ids)" in sql_of(request)
 
 
 def is_count(request: dict[str, Any]) -> bool:
     """A count of a table (the source's count taken when a full pass starts)."""
-    return "count%28%2A%29+as+n+from" in request["query"] and not is_digest(request)
+    return "count(*) as n from" in sql_of(request) and not is_digest(request)

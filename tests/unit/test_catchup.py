@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from scrapy.utils.test import get_crawler
 
-from civicband.catchup import other_difference, raw_md5, shrink_refusal
+from civicband import settings as project
+from civicband.catchup import CatchUp, other_difference, raw_md5, shrink_refusal
 from civicband.digest import Difference, content_fp
 from civicband.rows import raw_text
+from civicband.source import Source
+from civicband.spiders.civicband import CivicbandSpider
 
 
 def row(row_id, **values):
@@ -117,7 +121,9 @@ def test_the_whole_tilde_bucket_at_once():
 
 
 def test_the_shrink_refusal_says_what_and_how_to_accept_it_on_one_line():
-    message = shrink_refusal("oakland.ca", "agenda", 120, 1000, 400, 0.5)
+    message = shrink_refusal(
+        "oakland.ca", "agenda", removing=120, local=1000, source=400, guard=0.5
+    )
     assert message == (
         "Refusing to remove 120 of 1000 pages of oakland.ca/agenda: the source holds 400 rows,"
         " below CIVICBAND_SHRINK_GUARD (0.5) of the mirror's (a site caught mid-rebuild?)."
@@ -130,4 +136,30 @@ def test_the_shrink_refusal_says_what_and_how_to_accept_it_on_one_line():
     ("guard", "shown"), [(0.75, "(0.75)"), (1.0, "(1)"), (0.333333333, "(0.333333)")]
 )
 def test_the_shrink_refusal_shows_the_guard_briefly(guard, shown):
-    assert f"CIVICBAND_SHRINK_GUARD {shown}" in shrink_refusal("x", "minutes", 1, 2, 0, guard)
+    assert f"CIVICBAND_SHRINK_GUARD {shown}" in shrink_refusal(
+        "x", "minutes", removing=1, local=2, source=0, guard=guard
+    )
+
+
+def catch_up(**settings):
+    """A CatchUp and its Source on a crawler with the project's settings and these."""
+    values = {k: getattr(project, k) for k in dir(project) if k.isupper()}
+    crawler = get_crawler(CivicbandSpider, {**values, **settings})
+    return CatchUp(crawler), Source(crawler)
+
+
+@pytest.mark.parametrize(
+    ("secret", "limit", "fetch", "cheaper"),
+    [
+        ("s", None, 1_500, True),  # 15 by-id requests against 10 pages of 1000 (+1)
+        ("s", None, 900, False),
+        ("", None, 9_000, False),  # public pages hold 100 rows: 101 pages against 90 requests
+        ("", None, 10_500, True),
+        ("s", 100, 9_000, False),  # a site whose max_returned_rows is 100: the same
+    ],
+)
+def test_a_full_pass_is_chosen_only_when_it_takes_fewer_requests(secret, limit, fetch, cheaper):
+    catchup, source = catch_up(CIVICBAND_SERVICE_SECRET=secret)
+    if limit:
+        source.page_limits["site"] = limit
+    assert catchup._cheaper_to_page(source, "site", fetch, 10_000) is cheaper
