@@ -33,7 +33,6 @@ COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json
 LEGACY_COLUMNS = COLUMNS[:6]
 # A digest that hits the time limit is split once, into 16 id ranges; one whose answer is cut
 # short (a small max_returned_rows) is split until each range holds one bucket (depth 2).
-INTERRUPT_SPLIT_DEPTH = 1
 MAX_SPLIT_DEPTH = 2
 
 
@@ -226,20 +225,26 @@ class Source:
         ranges = [digest.IdRange()]
         if self.split_rows and size_hint > self.split_rows:
             ranges = ranges[0].split()
+        # A range is split once for hitting the time limit: a part that hits it again fails the
+        # digest, rather than 256 more requests to a site that cannot answer.
+        born_of_interrupt: set[digest.IdRange] = set()
         parts: list[digest.Digest] = []
         while ranges:
             id_range = ranges.pop(0)
+            splittable = id_range not in born_of_interrupt and id_range.depth < MAX_SPLIT_DEPTH
             try:
                 page = await self._with_columns(
                     subdomain,
                     lambda cols, r=id_range: digest.digest_sql(table, cols, r),
-                    split_on_interrupt=id_range.depth < INTERRUPT_SPLIT_DEPTH,
+                    split_on_interrupt=splittable,
                 )
             except Interrupted:
-                if id_range.depth >= INTERRUPT_SPLIT_DEPTH:
+                if not splittable:
                     raise
                 self.stats.inc_value("civicband/digest/splits")
-                ranges[:0] = id_range.split()
+                children = id_range.split()
+                born_of_interrupt.update(children)
+                ranges[:0] = children
                 continue
             if page.truncated:
                 if id_range.depth >= MAX_SPLIT_DEPTH:

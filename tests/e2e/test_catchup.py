@@ -376,3 +376,25 @@ def test_a_catch_up_that_costs_more_than_a_pass_pages_instead(database_url, sour
     job = jobs(database_url, site.subdomain)[-1]
     assert (job["mode"], job["verify_status"], job["pages_removed"]) == ("full", "passed", 400)
     assert committed(database_url, site.subdomain) >= 1
+
+
+def test_a_pre_split_range_that_hits_the_time_limit_is_split_again(database_url, source):
+    site = backfilled(database_url, source, agendas=300, minutes=0)
+    site.add_rows("agendas", data.make_rows("agendas", 30, seed="split again"))
+    # The table is above the split size, so its digest is taken in 16 ranges; the one from
+    # "8" to "9" hits the time limit every time: only its 16 parts can answer.
+    source.faults.add(match=r"group\+by\+bucket.*&low=8&high=9", action="interrupted", times=-1)
+    source.clear_requests()
+    result = crawl(
+        database_url,
+        source,
+        f"subdomain={site.subdomain}",
+        "document_type=agenda",
+        settings={"CIVICBAND_DIGEST_SPLIT_ROWS": 100},
+    )
+    assert result.returncode == 0, result
+    assert_mirror_equals_source(database_url, site, ("agenda",))
+    assert result.stats["civicband/digest/splits"] >= 1
+    assert jobs(database_url, site.subdomain)[-1]["verify_status"] == "passed"
+    digests = [r for r in sql_requests(source) if is_digest(r)]
+    assert len([r for r in digests if "&low=81&high=82&" in r["query"]]) >= 1, digests
