@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import civicband.embedded as embedded
+from civicband import embedded
 from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 ROOT = os.geteuid() == 0

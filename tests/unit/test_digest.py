@@ -57,7 +57,7 @@ HOSTILE_VALUES = [
     "😀",
     "e\u0301e\u0308",
     "مجلس עברית",
-    "‏RTL‎ mark",
+    "\u200fRTL\u200e mark",
     '{"name": "\\u00e9 \\ud83c\\udfdb \\u0000"}',
     "Nguyễn 👩‍⚖️ مجلس",
     "C:\\agenda\\item\\n 3\\",
