@@ -10,10 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from urllib.parse import parse_qs
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import psycopg
 from psycopg.rows import dict_row
