@@ -74,6 +74,11 @@ def test_999_of_1000_completes_with_a_warning(database_url, source):
     job = jobs(database_url, site.subdomain)[-1]
     assert (job["status"], job["verify_status"], job["missing_count"]) == ("completed", "warned", 1)
     assert result.stats["civicband/verify/missing"] == 1
+    assert (result.stats["civicband/verify/warned"], result.stats["civicband/jobs/completed"]) == (
+        1,
+        1,
+    )
+    assert "civicband/verify/failed" not in result.stats
     assert "Missing 1 pages (within thresholds)" in job_message(result)
 
 
@@ -92,6 +97,9 @@ def test_5_of_100_fails_then_resume_fetches_exactly_the_missing(database_url, so
     assert (job["status"], job["verify_status"]) == ("failed", "failed")
     assert job["last_error"] == "Missing 95 pages! Expected 100, got 5"
     assert "Missing 95 pages! Expected 100, got 5" in result.stderr
+    failed = result.stats
+    assert (failed["civicband/verify/failed"], failed["civicband/jobs/failed"]) == (1, 1)
+    assert failed["civicband/verify/missing"] == 95 and "civicband/verify/warned" not in failed
     source.clear_requests()
     resumed = crawl(
         database_url, source, f"subdomain={site.subdomain}", "document_type=agenda", "resume=true"
@@ -105,6 +113,11 @@ def test_5_of_100_fails_then_resume_fetches_exactly_the_missing(database_url, so
         "passed",
     )
     assert (again["pages_fetched"], again["pages_created"]) == (95, 95)
+    caught_up = resumed.stats
+    assert (caught_up["civicband/catchup/fetched"], caught_up["civicband/catchup/created"]) == (
+        95,
+        95,
+    )
     assert page_requests(source) == [], "resume paged through the table"
     assert_mirror_equals_source(database_url, site, ("agenda",))
 
@@ -173,6 +186,10 @@ def test_a_swap_at_the_source_does_not_pass_and_the_next_run_is_exact(database_u
     job = jobs(database_url, site.subdomain)[-1]
     assert (job["verify_status"], job["missing_count"], job["extra_count"]) == ("failed", 5, 5)
     assert job["expected_count"] == job["actual_count"] == 300
+    assert (check.stats["civicband/verify/missing"], check.stats["civicband/verify/extra"]) == (
+        5,
+        5,
+    )
     result = crawl(database_url, source, f"subdomain={site.subdomain}", "document_type=agenda")
     assert result.returncode == 0, result
     last = jobs(database_url, site.subdomain)[-1]
@@ -203,10 +220,21 @@ def test_pages_changed_in_place_are_found_and_fetched_again(database_url, source
         len(changed),
         0,
     )
+    assert (check.stats["civicband/verify/stale"], check.stats["civicband/verify/warned"]) == (
+        len(changed),
+        1,
+    )
     result = crawl(database_url, source, f"subdomain={site.subdomain}", "document_type=agenda")
     assert result.returncode == 0, result
     last = jobs(database_url, site.subdomain)[-1]
     assert (last["verify_status"], last["pages_updated"]) == ("passed", len(changed))
+    # The catch-up fetched the out-of-date pages by id and rewrote them in place.
+    stats = result.stats
+    assert (stats["civicband/catchup/fetched"], stats["civicband/catchup/updated"]) == (
+        len(changed),
+        len(changed),
+    )
+    assert (stats["civicband/rows/updated"], stats["civicband/rows/created"]) == (len(changed), 0)
     assert_mirror_equals_source(database_url, site, ("agenda",))
 
 
@@ -290,6 +318,10 @@ def test_repair_fetches_exactly_the_rows_added_at_the_source(database_url, sourc
     )
     assert result.stats["civicband/catchup/created"] == 150
     assert result.stats["civicband/catchup/buckets"] == 1
+    # The listing of bucket "fe" names every id the source has there, old and new.
+    in_bucket = [i for i in site.ids("agendas") if i.startswith("fe")]
+    assert result.stats["civicband/catchup/listed"] == len(in_bucket) > 150
+    assert result.stats["civicband/digest/requests"] == 1  # verification reused it
     assert page_requests(source) == [], "repair paged through the table"
     sent = sql_requests(source)
     # the digest, one listing of bucket "fe", its 150 rows by id (as many as fit a URL), and

@@ -432,3 +432,27 @@ def test_public_pages_are_asked_for_at_most_100_rows_and_secret_ones_are_not():
     trusted = crawler_for(CivicbandSpider, CIVICBAND_SERVICE_SECRET="s3cret")
     oakland, _ = spider_requests(trusted)
     assert PublicPageCap.from_crawler(trusted).get_processed_request(oakland, None) is oakland
+
+
+def test_the_shared_slot_is_named_by_a_setting_and_gets_the_public_pace():
+    crawler = crawler_for(CivicbandSpider, CIVICBAND_DOWNLOAD_SLOT="civic.band-via-proxy")
+    downloader = Downloader(crawler)
+    oakland, berkeley = spider_requests(crawler)
+    assert oakland.meta["download_slot"] == berkeley.meta["download_slot"] == "civic.band-via-proxy"
+    assert downloader.get_slot_key(oakland) == "civic.band-via-proxy"
+    assert downloader.per_slot_settings["civic.band-via-proxy"]["concurrency"] == 1
+    assert "civic.band" not in downloader.per_slot_settings
+    # Requests of that slot without the secret are the ones capped to public pages.
+    cap = PublicPageCap.from_crawler(crawler)
+    assert "_size=100&" in cap.get_processed_request(oakland, None).url
+    other = request(URL, download_slot="elsewhere")
+    assert cap.get_processed_request(other, None) is other
+
+
+@pytest.mark.parametrize(("size", "asked"), [(50, "_size=50&"), (0, "_size=1000&")])
+def test_the_public_page_size_is_a_setting_and_0_leaves_size_alone(size, asked):
+    crawler = crawler_for(CivicbandSpider, CIVICBAND_PUBLIC_PAGE_SIZE=size)
+    oakland, _ = spider_requests(crawler)
+    capped = PublicPageCap.from_crawler(crawler).get_processed_request(oakland, None)
+    assert asked in capped.url
+    assert capped.url.replace(asked, "_size=1000&") == oakland.url
