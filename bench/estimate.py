@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from civicband import datasette, digest
+from civicband import datasette, digest, settings
 from civicband.source import COLUMNS
 
 URL_LIMIT = 2083  # Scrapy's URLLENGTH_LIMIT
@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=0.8, help="size skew (0: all equal)")
     parser.add_argument("--agenda-share", type=float, default=0.6)
     parser.add_argument("--rebuilt", type=float, default=1 / 1.5, help="sites rebuilt a day")
-    parser.add_argument("--split-rows", type=int, default=300_000)
+    parser.add_argument("--split-rows", type=int, default=settings.CIVICBAND_DIGEST_SPLIT_ROWS)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rtt", type=float, default=0.08, help="seconds per request, network")
     parser.add_argument("--mbit", type=float, default=100.0, help="download bandwidth")
