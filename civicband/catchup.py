@@ -82,10 +82,9 @@ class CatchUp:
         self.crawler = crawler
         self.stats = crawler.stats
         self.guard = crawler.settings.getfloat("CIVICBAND_SHRINK_GUARD")
-        self.batch_size = crawler.settings.getint("CIVICBAND_BATCH_SIZE") or MAX_PAGE_SIZE
+        self.page_cap = MAX_PAGE_SIZE
         if not crawler.settings.get("CIVICBAND_SERVICE_SECRET"):  # public pages are capped
-            public = crawler.settings.getint("CIVICBAND_PUBLIC_PAGE_SIZE")
-            self.batch_size = min(self.batch_size, public or self.batch_size)
+            self.page_cap = crawler.settings.getint("CIVICBAND_PUBLIC_PAGE_SIZE") or MAX_PAGE_SIZE
         self.writer = PageWriter(crawler)
 
     @classmethod
@@ -187,7 +186,8 @@ class CatchUp:
         Pages are as large as the site serves them: public pages are capped, and a site with a
         smaller max_returned_rows says so.
         """
-        size = min(self.batch_size, source.page_limits.get(site, MAX_PAGE_SIZE))
+        batch_size = self.crawler.spider.batch_size  # -a batch_size, else CIVICBAND_BATCH_SIZE
+        size = min(batch_size, self.page_cap, source.page_limits.get(site, MAX_PAGE_SIZE))
         by_id = math.ceil(fetch / min(IDS_PER_REQUEST, size))
         paging = math.ceil(expected / size) + 1
         return by_id > paging

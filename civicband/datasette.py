@@ -100,7 +100,11 @@ def _decode(body: bytes) -> tuple[Any, bool]:
     except (UnicodeDecodeError, ValueError):
         start = body[:60].decode("utf-8", "replace").strip().replace("\n", " ")
         kind = "HTML" if start.lower().startswith(("<!doctype", "<html")) else "not JSON"
-        raise SourceError(f"answer is {kind}: {start[:40]!r}", retryable=True) from None
+        title = _TITLE.search(body[:4000]) if kind == "HTML" else None
+        titled = (
+            f", titled {title.group(1).decode('utf-8', 'replace').strip()[:60]!r}" if title else ""
+        )
+        raise SourceError(f"answer is {kind}: {start[:40]!r}{titled}", retryable=True) from None
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
@@ -203,6 +207,7 @@ def parse_sql(body: bytes) -> TablePage:
     return page
 
 
+_TITLE = re.compile(rb"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
 _SIZE_LIMIT = re.compile(rb"_size must be <= (\d+)")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -20,6 +22,12 @@ from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from civicband.middlewares import backoff_delay
 
 logger = logging.getLogger(__name__)
+
+
+def application_name(role: str) -> str:
+    """Who holds a connection, as pg_stat_activity shows it: the crawl's host and process."""
+    return f"civicband {role} {socket.gethostname()}:{os.getpid()}"[:63]
+
 
 LEASE_CLASS = 0x63626A62  # "cbjb": the first key of every job's advisory lock
 RUN_CLASS = 0x6362726E  # "cbrn": the first key of every run's shared advisory lock
@@ -100,6 +108,7 @@ class Store:
             await asyncio.to_thread(self._migrate, self.url)
             pool = AsyncConnectionPool(
                 self.url,
+                kwargs={"application_name": application_name("pages")},
                 min_size=1,
                 max_size=self.pool_size,
                 open=False,
@@ -124,7 +133,10 @@ class Store:
         assert self.url is not None
         try:
             self.lease = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=max(1, round(self.timeout))
+                self.url,
+                autocommit=True,
+                connect_timeout=max(1, round(self.timeout)),
+                application_name=application_name("lease"),
             )
         except psycopg.Error as error:
             raise db.DatabaseUnavailable(

@@ -394,8 +394,9 @@ ORDER BY subdomain
 
 -- name: list_jobs
 -- `scrapy jobs`: newest first, each filter applied only when given.
-SELECT id, subdomain, document_type, status, pages_created, pages_updated, errors_encountered,
-       expected_count, actual_count, verify_status, verified_at, created, modified, last_error
+SELECT id, subdomain, document_type, mode, status, pages_created, pages_updated, pages_removed,
+       errors_encountered, expected_count, actual_count, verify_status, verified_at, created,
+       modified, last_error
 FROM backfill_jobs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(document_type)s::text IS NULL OR document_type = %(document_type)s::text)

@@ -21,14 +21,17 @@ from civicband.extensions.outcome import EXIT_BAD_INPUT
 
 STATUSES = ("pending", "running", "completed", "failed", "paused")
 DOCUMENT_TYPES = ("agenda", "minutes")
-# SPEC §2's columns, plus verify_status (why a job passed, warned or failed verification).
+# SPEC §2's columns, plus the job's mode (full, catchup or verify), the pages it removed and
+# verify_status (why a job passed, warned or failed verification).
 COLUMNS = (
     "id",
     "subdomain",
     "document_type",
+    "mode",
     "status",
     "pages_created",
     "pages_updated",
+    "pages_removed",
     "errors_encountered",
     "expected_count",
     "actual_count",
@@ -42,6 +45,7 @@ NUMERIC = {
     "id",
     "pages_created",
     "pages_updated",
+    "pages_removed",
     "errors_encountered",
     "expected_count",
     "actual_count",

@@ -574,7 +574,7 @@ def test_first_run(guide: Guide):
     every_job, failed, as_json = (guide.sh(c) for c in guide.commands("jobs", 3))
     assert every_job.returncode == 0, every_job
     table = every_job.stdout.splitlines()
-    assert table[0].split()[:4] == ["id", "subdomain", "document_type", "status"], every_job
+    assert table[0].split()[:5] == ["id", "subdomain", "document_type", "mode", "status"], every_job
     assert table[-1] == "(10 jobs)", every_job  # --limit 10 of the 12 jobs
     assert (failed.returncode, failed.stdout.strip()) == (0, "No jobs."), failed
     listing = json.loads(as_json.stdout)
@@ -585,9 +585,11 @@ def test_first_run(guide: Guide):
         "id",
         "subdomain",
         "document_type",
+        "mode",
         "status",
         "pages_created",
         "pages_updated",
+        "pages_removed",
         "errors_encountered",
         "expected_count",
         "actual_count",

@@ -21,9 +21,11 @@ KEYS = [
     "id",
     "subdomain",
     "document_type",
+    "mode",
     "status",
     "pages_created",
     "pages_updated",
+    "pages_removed",
     "errors_encountered",
     "expected_count",
     "actual_count",
@@ -94,7 +96,7 @@ def test_jobs_lists_newest_first_as_a_table_and_as_json_and_filters(database_url
     assert [int(line.split()[0]) for line in rows] == [job["id"] for job in in_db]
     assert lines[-1] == "(4 jobs)"
     (failed,) = [line for line in rows if "HTTP 403" in line]
-    assert failed.split()[1:4] == [second.subdomain, "minutes", "failed"]
+    assert failed.split()[1:5] == [second.subdomain, "minutes", "full", "failed"]
     assert table.stderr == ""
 
     listed = scrapy_jobs(database_url, "--json").json()

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.e2e.crawl import SECRET, committed, crawl, jobs, register, start_crawl, wait_for
@@ -75,6 +76,17 @@ def test_live_stats_and_progress_over_json_rpc_read_only(database_url, source, t
         assert call(url, "get_value", ["finish_reason"]).get("result") is None
         answer = json.dumps(call(url, "get_stats"))
         assert SECRET not in answer
+        # pg_stat_activity says which process holds the lease and the page connections.
+        with psycopg.connect(database_url) as conn:
+            names = {
+                name
+                for (name,) in conn.execute(
+                    "SELECT application_name FROM pg_stat_activity WHERE application_name"
+                    " LIKE 'civicband %%'"
+                )
+            }
+        host = f"{socket.gethostname()}:{crawler.process.pid}"
+        assert {f"civicband lease {host}", f"civicband pages {host}"} <= names, names
     finally:
         taken.close()
     source.faults.clear()

@@ -141,25 +141,29 @@ def test_the_shrink_refusal_shows_the_guard_briefly(guard, shown):
     )
 
 
-def catch_up(**settings):
+def catch_up(arguments, **settings):
     """A CatchUp and its Source on a crawler with the project's settings and these."""
     values = {k: getattr(project, k) for k in dir(project) if k.isupper()}
     crawler = get_crawler(CivicbandSpider, {**values, **settings})
+    crawler.spider = CivicbandSpider.from_crawler(crawler, subdomain="site", **arguments)
     return CatchUp(crawler), Source(crawler)
 
 
 @pytest.mark.parametrize(
-    ("secret", "limit", "fetch", "cheaper"),
+    ("secret", "arguments", "limit", "fetch", "cheaper"),
     [
-        ("s", None, 1_500, True),  # 15 by-id requests against 10 pages of 1000 (+1)
-        ("s", None, 900, False),
-        ("", None, 9_000, False),  # public pages hold 100 rows: 101 pages against 90 requests
-        ("", None, 10_500, True),
-        ("s", 100, 9_000, False),  # a site whose max_returned_rows is 100: the same
+        ("s", {}, None, 1_500, True),  # 15 by-id requests against 10 pages of 1000 (+1)
+        ("s", {}, None, 900, False),
+        ("", {}, None, 9_000, False),  # public pages hold 100 rows: 101 pages against 90 requests
+        ("", {}, None, 10_500, True),
+        ("s", {}, 100, 9_000, False),  # a site whose max_returned_rows is 100: the same
+        ("s", {"batch_size": "100"}, None, 9_000, False),  # pages of -a batch_size: the same
     ],
 )
-def test_a_full_pass_is_chosen_only_when_it_takes_fewer_requests(secret, limit, fetch, cheaper):
-    catchup, source = catch_up(CIVICBAND_SERVICE_SECRET=secret)
+def test_a_full_pass_is_chosen_only_when_it_takes_fewer_requests(
+    secret, arguments, limit, fetch, cheaper
+):
+    catchup, source = catch_up(arguments, CIVICBAND_SERVICE_SECRET=secret)
     if limit:
         source.page_limits["site"] = limit
     assert catchup._cheaper_to_page(source, "site", fetch, 10_000) is cheaper

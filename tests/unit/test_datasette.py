@@ -366,3 +366,14 @@ def test_parse_object_refuses_anything_else(body, says):
     with pytest.raises(SourceError, match=f"^{says}") as raised:
         parse_object(body)
     assert raised.value.retryable is True
+
+
+def test_an_html_answer_says_its_title():
+    with pytest.raises(SourceError) as raised:
+        parse_table_page(
+            b"<!doctype html>\n<html><head>\n<title> Just a moment... </title>" + b" " * 99
+        )
+    assert str(raised.value).endswith("titled 'Just a moment...'"), raised.value
+    with pytest.raises(SourceError) as raised:
+        parse_table_page(BOT_WALL)
+    assert "titled 'Access denied'" in str(raised.value)
