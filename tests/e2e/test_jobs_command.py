@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -13,8 +12,6 @@ from typing import Any
 
 import pytest
 
-from civicband.args import ArgumentError
-from civicband.commands.jobs import parse_filters
 from tests.e2e.crawl import ROOT, crawl, fetch
 
 KEYS = [
@@ -133,30 +130,6 @@ def test_bad_options_exit_2_with_one_line(options, named):
     assert run.stdout == ""
     (line,) = run.stderr.splitlines()
     assert line.startswith(f"civicband: error: {named}"), line
-
-
-@pytest.mark.parametrize(
-    ("option", "value", "named"),
-    [
-        ("status", "Completed ", None),
-        ("status", "done", "--status:"),
-        ("document_type", "agendas", "--type:"),
-        ("document_type", "both", "--type:"),
-        ("subdomain", "oakland.ca/../x", "--subdomain:"),
-        ("subdomain", "oak land.ca", "--subdomain:"),
-        ("limit", "0", "--limit:"),
-        ("limit", "ten", "--limit:"),
-        ("limit", "²", "--limit:"),
-    ],
-)
-def test_each_option_is_checked(option, value, named):
-    opts = argparse.Namespace(status=None, document_type=None, subdomain=None, limit=None)
-    setattr(opts, option, value)
-    if named is None:
-        assert parse_filters(opts)[option] == value.strip().lower()
-        return
-    with pytest.raises(ArgumentError, match=f"^{named}"):
-        parse_filters(opts)
 
 
 def test_unreachable_database_exits_2_with_one_line_without_the_password():
