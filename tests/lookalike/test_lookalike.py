@@ -675,7 +675,7 @@ def test_fault_hang(source: Source) -> None:
 
     def hung() -> None:
         try:
-            fetch(f"{site.url}/meetings/agendas.json", timeout=2)
+            fetch(f"{site.url}/meetings/agendas.json", timeout=3)
         except OSError as exc:  # URLError wrapping a timeout
             outcome.append(exc)
 
@@ -688,9 +688,8 @@ def test_fault_hang(source: Source) -> None:
         0,
         None,
     )
-    start = time.monotonic()
     assert fetch(f"{site.url}/meetings/minutes.json")[0] == 200
-    assert time.monotonic() - start < 1.5  # not held up by the hung request
+    assert t.is_alive(), "answered only after the hung request gave up"  # not held up by it
     t.join()
     assert len(outcome) == 1 and "timed out" in str(outcome[0])
     log = source.requests()
