@@ -219,8 +219,9 @@ class CatchUp:
                 registry, job, "storing fetched rows", self.writer.rows(job, rows, page)
             )
         self.stats.inc_value("civicband/catchup/fetched", len(rows))
-        self.stats.inc_value("civicband/catchup/created", stored.created)
-        self.stats.inc_value("civicband/catchup/updated", stored.updated)
+        if stored is not None:
+            self.stats.inc_value("civicband/catchup/created", stored.created)
+            self.stats.inc_value("civicband/catchup/updated", stored.updated)
 
     async def _delete(
         self,

@@ -95,8 +95,12 @@ async def sweep(
     pages = (await conn.execute(query("sweep_unseen"), params)).rowcount
     rejections = (await conn.execute(query("sweep_rejections"), params)).rowcount
     await conn.execute(query("delete_orphan_documents"), _params(subdomain, document_type))
-    await conn.execute(query("forget_seen"), {"job_id": job_id})
     return pages, rejections
+
+
+async def forget_seen(conn: psycopg.AsyncConnection, job_id: int) -> None:
+    """A job's verdict is in: the ids its pass saw are needed no more."""
+    await conn.execute(query("forget_seen"), {"job_id": job_id})
 
 
 async def delete(

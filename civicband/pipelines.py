@@ -58,24 +58,37 @@ class PageWriter:
             self.stats.inc_value("civicband/batches/committed")
         return stored
 
-    async def rows(self, job: ActiveJob, rows: list[Any], page: PageRows) -> mirror.Stored:
-        """Rows a catch-up fetched by id: stored and counted, no cursor involved."""
+    async def rows(self, job: ActiveJob, rows: list[Any], page: PageRows) -> mirror.Stored | None:
+        """Rows a catch-up fetched by id; None when they were stored already (a replay).
 
-        async def work(conn: Any) -> mirror.Stored:
+        Each batch moves the job's cursor from one batch number to the next, as a page does,
+        so a retried commit that had in fact succeeded is found out and counted once.
+        """
+        cursor_out = catch_up_batch(job.cursor)
+
+        async def work(conn: Any) -> mirror.Stored | None:
+            if not await jobs.lock_for_page(conn, job.lease, job.cursor):
+                return None
             stored = await mirror.store_rows(
                 conn, job.subdomain, job.document_type, job.job_id, page, remember=False
             )
-            await jobs.count(
+            await jobs.advance(
                 conn,
                 job.lease,
+                cursor_out=cursor_out,
                 fetched=len(rows),
                 created=stored.created,
                 updated=stored.updated,
                 errors=len(page.rejected),
+                final=False,
             )
             return stored
 
         stored = await self.store.transact(work, f"storing rows of {job.lease}")
+        job.cursor = cursor_out
+        if stored is None:
+            self.stats.inc_value("civicband/pages/duplicates_dropped")
+            return None
         self._count(job, len(rows), stored, page)
         return stored
 
@@ -96,6 +109,12 @@ class PageWriter:
                 rejection.row_id,
                 rejection.reason,
             )
+
+
+def catch_up_batch(cursor: str | None) -> str:
+    """The cursor a catch-up's next batch of rows leaves behind: `catch-up batch N`."""
+    done = int(cursor.rsplit(" ", 1)[1]) if cursor and cursor.startswith("catch-up batch ") else 0
+    return f"catch-up batch {done + 1}"
 
 
 async def guarded_write(registry: Registry, job: ActiveJob, what: str, write: Any) -> Any:

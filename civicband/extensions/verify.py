@@ -74,7 +74,7 @@ class Verify:
                 job,
                 "recording the verification",
                 self._store.transact(
-                    lambda conn: jobs.record_verdict(conn, job.lease, verdict),
+                    lambda conn: self._record(conn, job, verdict),
                     f"recording the verification of {job.lease}",
                 ),
             )
@@ -83,6 +83,12 @@ class Verify:
         self._report(job, verdict)
         await self._cross_check(job.subdomain)
         await registry.end(job, verdict.job_status)
+
+    @staticmethod
+    async def _record(conn: Any, job: ActiveJob, verdict: Verdict) -> None:
+        """The verdict ends the job: what its pass saw is needed no more (a sweep is done)."""
+        await jobs.record_verdict(conn, job.lease, verdict)
+        await mirror.forget_seen(conn, job.job_id)
 
     @property
     def _store(self) -> Store:
@@ -150,35 +156,38 @@ class Verify:
         if source_digest is None:
             return None  # no count to weigh the sweep against: keep everything
         store, site, kind = self._store, job.subdomain, job.document_type
-        local, seen = await guarded_write(
-            registry,
-            job,
-            "reading the mirror",
-            store.transact(lambda conn: mirror.pass_counts(conn, site, kind, job.job_id), site),
-        )
         source_count = digest.count(source_digest)
-        unseen = local - seen
-        shrunk = source_count < self.guard * local or seen < self.guard * local
-        if unseen > 0 and shrunk and not job.allow_shrink:
-            self.stats.inc_value("civicband/shrink/refused")
-            message = shrink_refusal(
-                site,
-                kind,
-                removing=unseen,
-                local=local,
-                source=min(seen, source_count),
-                guard=self.guard,
-            )
-            return Verdict("failed", source_count, local, 0, None, unseen, None, message)
 
-        async def work(conn: Any) -> tuple[int, int]:
-            removed = await mirror.sweep(conn, site, kind, job.job_id)
-            await jobs.count(conn, job.lease, removed=removed[0])
-            return removed
+        async def work(conn: Any) -> tuple[str, int, int]:
+            """(refusal, local, unseen) when the guard holds; ("", removed, unrejected) else."""
+            # The guard is weighed in the transaction that deletes, and the seen ids stay until
+            # the verdict is recorded: a retried commit or a resumed job sweeps again to the
+            # same effect, never against an empty list of what the pass saw.
+            local, seen = await mirror.pass_counts(conn, site, kind, job.job_id)
+            unseen = local - seen
+            shrunk = source_count < self.guard * local or seen < self.guard * local
+            if unseen > 0 and shrunk and not job.allow_shrink:
+                refusal = shrink_refusal(
+                    site,
+                    kind,
+                    removing=unseen,
+                    local=local,
+                    source=min(seen, source_count),
+                    guard=self.guard,
+                )
+                return refusal, local, unseen
+            removed, unrejected = await mirror.sweep(conn, site, kind, job.job_id)
+            await jobs.count(conn, job.lease, removed=removed)
+            return "", removed, unrejected
 
-        removed, unrejected = await guarded_write(
+        refusal, *counts = await guarded_write(
             registry, job, "sweeping vanished pages", store.transact(work, f"sweeping {site}")
         )
+        if refusal:
+            self.stats.inc_value("civicband/shrink/refused")
+            local, unseen = counts
+            return Verdict("failed", source_count, local, 0, None, unseen, None, refusal)
+        removed, unrejected = counts
         if removed or unrejected:
             self.stats.inc_value("civicband/verify/removed", removed)
             self.stats.inc_value("civicband/rows/unrejected", unrejected)
