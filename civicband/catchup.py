@@ -63,6 +63,32 @@ def other_difference(
     return Difference(missing, extra, stale, gone)
 
 
+def changed_since(
+    source_digest: digest.Digest,
+    buckets: Iterable[str],
+    source_ids: Mapping[str, int],
+    other_rows: list[dict[str, Any]] | None,
+) -> None:
+    """Refuse to act on listings that disagree with the digest: the site changed in between.
+
+    Deleting what a listing lacks is safe only if the listing shows the site the digest showed
+    (a site caught mid-rebuild after its digest would lose present pages).
+    """
+    listed = dict.fromkeys(buckets, 0)
+    for row_id in source_ids:
+        listed[row_id[:2]] = listed.get(row_id[:2], 0) + 1
+    if other_rows is not None:
+        listed[OTHER] = len(other_rows)
+    for bucket in sorted(listed):
+        expected = source_digest.get(bucket, digest.Bucket()).n
+        if listed[bucket] != expected:
+            raise SourceError(
+                f"the source changed during the catch-up (bucket {bucket!r}: {expected} rows in"
+                f" its digest, {listed[bucket]} listed); nothing was deleted: run again",
+                retryable=False,
+            )
+
+
 def shrink_refusal(
     subdomain: str, document_type: str, *, removing: int, local: int, source: int, guard: float
 ) -> str:
@@ -166,6 +192,7 @@ class CatchUp:
                 ),
             )
             difference += other_difference(other_rows, other_pages, other_rejected)
+        changed_since(source_digest, hexes, source_ids, other_rows if OTHER in differ else None)
         to_fetch = difference.to_fetch
         if not job.repair and self._cheaper_to_page(source, site, len(to_fetch), expected):
             await self._become_full_pass(job, registry, store, len(to_fetch))

@@ -398,3 +398,36 @@ def test_a_pre_split_range_that_hits_the_time_limit_is_split_again(database_url,
     assert jobs(database_url, site.subdomain)[-1]["verify_status"] == "passed"
     digests = [r for r in sql_requests(source) if is_digest(r)]
     assert len([r for r in digests if "&low=81&high=82&" in r["query"]]) >= 1, digests
+
+
+@pytest.mark.datasette("ds10")
+def test_a_site_caught_mid_rebuild_between_digest_and_listing_loses_nothing(
+    database_url, source, tmp_path
+):
+    site = backfilled(database_url, source, agendas=2000, minutes=0)
+    rows = site.rows("agendas")
+    changed = [
+        {**r, "entities_json": '{"persons": ["New"]}'} if i % 20 == 0 else r
+        for i, r in enumerate(rows)
+    ]
+    site.rebuild(agendas=changed, minutes=[])  # 5 % re-extracted: most buckets differ
+    source.clear_requests()
+    # The listing waits at the server while the site is caught mid-rebuild (40 % of its rows).
+    source.faults.add(match=r"json_each\(:buckets", action="hang", seconds=10, times=1)
+    running = start_crawl(
+        database_url,
+        source,
+        f"subdomain={site.subdomain}",
+        "document_type=agenda",
+        log=tmp_path / "catch-up.log",
+    )
+    wait_for(lambda: any(r.get("fault") == "hang" for r in source.requests()), what="the listing")
+    site.rebuild(agendas=changed[:800], minutes=[])
+    assert running.wait(timeout=120) == 1, running
+    assert "the source changed during the catch-up" in running.output()
+    assert running.stats.get("civicband/catchup/deleted", 0) == 0
+    site.rebuild(agendas=changed, minutes=[])  # the rebuild is over: the next run is exact
+    assert len(mirrored(database_url, site.subdomain, "agenda")) == len(rows)
+    again = crawl(database_url, source, f"subdomain={site.subdomain}", "document_type=agenda")
+    assert again.returncode == 0, again
+    assert_mirror_equals_source(database_url, site, ("agenda",))

@@ -8,8 +8,9 @@ import pytest
 from scrapy.utils.test import get_crawler
 
 from civicband import settings as project
-from civicband.catchup import CatchUp, other_difference, raw_md5, shrink_refusal
-from civicband.digest import Difference, content_fp
+from civicband.catchup import CatchUp, changed_since, other_difference, raw_md5, shrink_refusal
+from civicband.datasette import SourceError
+from civicband.digest import OTHER, Bucket, Difference, content_fp
 from civicband.rows import raw_text
 from civicband.source import Source
 from civicband.spiders.civicband import CivicbandSpider
@@ -167,3 +168,15 @@ def test_a_full_pass_is_chosen_only_when_it_takes_fewer_requests(
     if limit:
         source.page_limits["site"] = limit
     assert catchup._cheaper_to_page(source, "site", fetch, 10_000) is cheaper
+
+
+def test_listings_that_disagree_with_the_digest_stop_the_catch_up():
+    source_digest = {"ab": Bucket(n=2), "cd": Bucket(n=1), OTHER: Bucket(n=1)}
+    ids = {"ab0000000001": 1, "ab0000000002": 2, "cd0000000001": 3}
+    changed_since(source_digest, ["ab", "cd"], ids, [row("X")])  # the same site: no error
+    with pytest.raises(SourceError, match=r"bucket 'cd': 1 rows in its digest, 0 listed"):
+        changed_since(source_digest, ["ab", "cd"], {k: v for k, v in ids.items() if k < "c"}, None)
+    with pytest.raises(SourceError, match=r"bucket '~': 1 rows in its digest, 0 listed"):
+        changed_since(source_digest, ["ab", "cd"], ids, [])
+    with pytest.raises(SourceError, match=r"bucket 'ef': 0 rows in its digest, 1 listed"):
+        changed_since(source_digest, ["ef"], {"ef0000000001": 1}, None)
