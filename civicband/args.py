@@ -75,7 +75,12 @@ def check_number_settings(settings: Any, names: Any = None) -> None:
             value = kind(str(raw).strip()) if raw is not None else None
         except ValueError:
             value = None
-        if value is None or math.isnan(value) or value < low or (high is not None and value > high):
+        if (
+            value is None
+            or not math.isfinite(value)
+            or value < low
+            or (high is not None and value > high)
+        ):
             what = "a whole number" if kind is int else "a number"
             span = f"from {low:g}" + (f" to {high:g}" if high is not None else " up")
             raise ArgumentError(f"{name}: expected {what} {span}, got {raw!r}")

@@ -304,7 +304,10 @@ class Source:
                     break
                 if not page.rows:
                     raise SourceError("listing answer truncated with no rows", retryable=False)
-                after = str(page.rows[-1]["id"])
+                last = str(page.rows[-1]["id"])
+                if last <= after:  # a source that answers the same page again would loop
+                    raise SourceError(f"listing does not advance past {after!r}", retryable=False)
+                after = last
         return found
 
     async def other_rows(
@@ -320,6 +323,7 @@ class Source:
                 subdomain, digest.other_rows_sql(table, MAX_PAGE_SIZE), after=str(after)
             )
             checked = checked and page.unicode_checked
+            before = after
             for row in page.rows:
                 after = max(after, int(row.pop("civicband_rowid")))
                 rows.append(row)
@@ -327,6 +331,8 @@ class Source:
                 return rows, checked
             if not page.rows:
                 raise SourceError("answer truncated with no rows", retryable=False)
+            if after <= before:  # a source that answers the same page again would loop
+                raise SourceError(f"rows do not advance past rowid {before}", retryable=False)
 
     async def rows_by_id(
         self, subdomain: str, document_type: str, ids: list[str]

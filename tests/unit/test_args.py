@@ -2,7 +2,7 @@
 
 import pytest
 
-from civicband.args import ArgumentError, parse_arguments
+from civicband.args import ArgumentError, check_number_settings, parse_arguments
 
 
 def test_defaults():
@@ -54,3 +54,9 @@ def test_bad_arguments_name_themselves_in_one_line(kwargs, named):
     message = str(raised.value)
     assert message.startswith(f"{named}:")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity"])
+def test_numeric_settings_refuse_what_is_not_a_finite_number(raw):
+    with pytest.raises(ArgumentError, match=r"^CIVICBAND_DB_TIMEOUT: expected a number"):
+        check_number_settings({"CIVICBAND_DB_TIMEOUT": raw}, ["CIVICBAND_DB_TIMEOUT"])

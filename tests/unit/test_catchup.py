@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import pytest
@@ -9,7 +10,7 @@ from scrapy.utils.test import get_crawler
 
 from civicband import settings as project
 from civicband.catchup import CatchUp, changed_since, other_difference, raw_md5, shrink_refusal
-from civicband.datasette import SourceError
+from civicband.datasette import SourceError, TablePage
 from civicband.digest import OTHER, Bucket, Difference, content_fp
 from civicband.rows import raw_text
 from civicband.source import Source
@@ -180,3 +181,26 @@ def test_listings_that_disagree_with_the_digest_stop_the_catch_up():
         changed_since(source_digest, ["ab", "cd"], ids, [])
     with pytest.raises(SourceError, match=r"bucket 'ef': 0 rows in its digest, 1 listed"):
         changed_since(source_digest, ["ef"], {"ef0000000001": 1}, None)
+
+
+def repeating_source(rows):
+    """A Source whose SQL answers the same truncated page whatever it is asked."""
+    _, source = catch_up({})
+
+    async def sql(subdomain, query, **params):
+        return TablePage([dict(r) for r in rows], None, truncated=True)
+
+    source.sql = sql
+    return source
+
+
+def test_a_listing_that_does_not_advance_is_an_error_not_a_loop():
+    source = repeating_source([{"id": "ab0000000001", "fp": 1}])
+    with pytest.raises(SourceError, match="listing does not advance past 'ab0000000001'"):
+        asyncio.run(source.listing("site", "agenda", ["ab"]))
+
+
+def test_other_rows_that_do_not_advance_are_an_error_not_a_loop():
+    source = repeating_source([{"civicband_rowid": 7, **row("X")}])
+    with pytest.raises(SourceError, match="rows do not advance past rowid 7"):
+        asyncio.run(source.other_rows("site", "agenda"))
