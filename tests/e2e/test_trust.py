@@ -225,6 +225,7 @@ def test_three_processes_share_six_sites(database_url, source, tmp_path):
     assert max(c.stats.get("civicband/jobs/started", 0) for c in crawlers) <= 8
 
 
+@pytest.mark.datasette("ds10")  # the subject is PostgreSQL refusing; probes: test_backfill
 def test_a_database_error_adding_a_named_site_exits_1(database_url, source):
     site = source.create_site(agendas=5, minutes=0)
     register(database_url)
