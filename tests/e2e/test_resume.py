@@ -205,11 +205,15 @@ def test_sigterm_pauses_like_ctrl_c(database_url, source, tmp_path):
 @pytest.mark.datasette("ds10")
 def test_a_second_process_with_the_same_arguments_shares_the_run(database_url, source, tmp_path):
     site = known_site(database_url, source, agendas=300, minutes=0)
-    slow(source, site, 0.5)  # 15 pages: the first crawl outlives the second's start-up
-    args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=20")
+    # 30 pages of 0.5 s: the first crawl outlives the second's start-up even on a loaded
+    # machine; once the second has seen it, the pages go fast again.
+    slow(source, site, 0.5)
+    args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=10")
     first = start_crawl(database_url, source, *args, log=tmp_path / "first.log")
     wait_for(lambda: committed(database_url, site.subdomain) >= 1, what="the first crawl to run")
     second = crawl(database_url, source, *args)
+    assert first.process.poll() is None, "the first crawl ended before the second had started"
+    source.faults.clear()
     assert second.returncode == 0, second
     assert "joined the live run" in second.stderr
     assert "is running in another process: skipped" in second.stderr, second
@@ -228,9 +232,9 @@ def test_postgres_restart_mid_crawl_loses_no_page(source, tmp_path):
         site = known_site(url, source, agendas=300, minutes=0)
         slow(source, site, 0.1)
         args = (f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=20")
-        process = start_crawl(
-            url, source, *args, log=tmp_path / "crawl.log", settings={"CIVICBAND_BACKOFF_BASE": 0.5}
-        )
+        # A 2 s wait for a connection, not the default 10 s, before the crawl says so and retries.
+        settings = {"CIVICBAND_BACKOFF_BASE": 0.5, "CIVICBAND_DB_TIMEOUT": 2}
+        process = start_crawl(url, source, *args, log=tmp_path / "crawl.log", settings=settings)
         wait_for(lambda: committed(url, site.subdomain) >= 2, what="pages to commit")
         server.stop()
         wait_for(lambda: "Database trouble" in process.output(), what="the crawl to notice")
