@@ -156,20 +156,21 @@ def test_html_truncated_json_and_a_hang_are_retried(database_url, source, tmp_pa
 
 
 @pytest.mark.datasette("ds10")
-def test_rate_limits_pause_every_site_and_do_not_use_up_retries(database_url, source):
+def test_rate_limits_pause_every_site_and_do_not_use_up_retries(database_url, source, tmp_path):
     first = known_site(database_url, source, agendas=60, minutes=0)
     second = known_site(database_url, source, agendas=60, minutes=0)
     limited = page(first, "agendas", 2, 20)
     source.faults.add(match=limited, action="ratelimit", times=2)  # no Retry-After: the window
     source.faults.add(match=page(second, "agendas", 2, 20), action="ratelimit", retry_after=1)
     source.faults.add(match=page(first, "agendas", 3, 20), action="status", status=429)
+    log = tmp_path / "sendlog"
     result = crawl(
         database_url,
         source,
         f"subdomain={first.subdomain},{second.subdomain}",
         "document_type=agenda",
         "batch_size=20",
-        settings={**FAST, "RETRY_TIMES": 1},
+        settings={**FAST, "RETRY_TIMES": 1, **sendlog_settings(log)},
     )
     assert result.returncode == 0, str(result)
     for site in (first, second):
@@ -180,12 +181,15 @@ def test_rate_limits_pause_every_site_and_do_not_use_up_retries(database_url, so
     assert "retry/count" not in stats  # RETRY_TIMES=1, yet four rate limits were survived
     assert [r["status"] for r in hits(source, limited)] == [402, 402, 200]
     # The limit is per IP: once the crawler has a rate-limit answer, no site is asked anything
-    # until its wait (1 s: Retry-After or the window) is over. A request sent after that
-    # cannot reach the server before the answer was sent (`done`) plus the wait; requests
-    # already on the wire when the answer came may still land within a few milliseconds.
-    everything = sorted(source.requests(), key=lambda r: r["time"])
-    for answer in (r for r in everything if r["status"] in (402, 429)):
-        during = [r for r in everything if answer["done"] + 0.2 < r["time"] < answer["done"] + 1]
+    # until its wait (1 s: Retry-After or the window) is over. Measured on the crawler's own
+    # clock (when each download ended and started), not by arrival at the look-alike: a
+    # request already past the pause check when the answer came may still start a moment
+    # after it, but nothing starts later in the wait.
+    everything = sorted(read_sendlog(log), key=lambda d: d["start"])
+    answers = [d for d in everything if d["status"] in (402, 429)]
+    assert len(answers) == 4, answers
+    for answer in answers:
+        during = [d for d in everything if answer["end"] + 0.2 < d["start"] < answer["end"] + 1]
         assert during == [], (answer, during)
 
 
