@@ -40,6 +40,8 @@ CIVICBAND_PROGRESS_INTERVAL = 60.0
 # query over 100,000 rows stays near 2 s of civic.band's 3 s limit. A query that hits the
 # limit anyway is split in 16 once more.
 CIVICBAND_DIGEST_SPLIT_ROWS = 100_000
+# Spidermon's rejected-rows monitor fails past this many rows rejected in one crawl.
+CIVICBAND_MONITOR_MAX_REJECTED = 0
 # Where the final stats go as JSON (empty: nowhere).
 CIVICBAND_STATS_FILE = ""
 CIVICBAND_BACKOFF_BASE = 1.0
@@ -72,8 +74,12 @@ DOWNLOADER_MIDDLEWARES = {
     "civicband.middlewares.BackoffRetryMiddleware": 550,
 }
 # Without a service secret: the shared slot's public pace (an add-on: it sets DOWNLOAD_SLOTS
-# before settings freeze) and pages no larger than civic.band serves.
-ADDONS = {"civicband.middlewares.PublicRateLimit": 0}
+# before settings freeze) and pages no larger than civic.band serves. Monitoring: with
+# -s SPIDERMON_ENABLED=True (civicband[monitoring]), Spidermon runs civicband's monitor suite.
+ADDONS = {
+    "civicband.middlewares.PublicRateLimit": 0,
+    "civicband.extensions.monitoring.Monitoring": 0,
+}
 SPIDER_MIDDLEWARES = {"civicband.middlewares.PublicPageCap": 600}
 
 # Live stats over JSON-RPC (SPEC §4): read-only, on loopback unless told; off unless asked for.
