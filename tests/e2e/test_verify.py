@@ -379,6 +379,7 @@ def test_verify_only_and_repair_refuse_a_site_the_mirror_does_not_know(database_
     assert jobs(database_url) == []
 
 
+@pytest.mark.datasette("ds10")  # municipalities.pages against job counts: no line in it
 def test_index_page_total_is_cross_checked(database_url, source):
     site = backfilled(database_url, source, agendas=12, minutes=8)
     execute(
