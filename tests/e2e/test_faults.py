@@ -296,7 +296,7 @@ def test_without_a_secret_every_site_shares_the_public_pace(database_url, source
     site = source.create_site(agendas=250, minutes=0)
     port = source.base_url.rsplit(":", 1)[1]
     execute_register(database_url, "localhost", "127.0.0.1")
-    source.ratelimit(per_minute=120, secret=SECRET, page_cap=True)
+    source.ratelimit(per_minute=240, secret=SECRET, page_cap=True)
     source.faults.add(match=r"_next=", action="ratelimit", retry_after=1, times=1)
     log = tmp_path / "sendlog"
     result = crawl(
@@ -307,7 +307,7 @@ def test_without_a_secret_every_site_shares_the_public_pace(database_url, source
         settings={
             "CIVICBAND_SITE_URL": f"http://{{subdomain}}:{port}/{site.subdomain}",
             "CIVICBAND_SERVICE_SECRET": "",
-            "CIVICBAND_PUBLIC_REQUESTS_PER_MINUTE": 120,
+            "CIVICBAND_PUBLIC_REQUESTS_PER_MINUTE": 240,
             **sendlog_settings(log),
         },
     )
@@ -327,10 +327,10 @@ def test_without_a_secret_every_site_shares_the_public_pace(database_url, source
     assert all("_size=100&" in r["query"] and r["forwarded_query"] is None for r in pages)
     assert len(pages) == 2 * 3 + 1  # 100 + 100 + 50 rows per site, and one rate-limited retry
     assert len(sent) == len(pages) + 4  # and per site a count when it starts and a digest
-    # 120 a minute: on the crawler's clock, every download of the shared slot is scheduled at
-    # least 60/120 s (plus the 5 % margin) after the one before; after the 402 everything,
+    # 240 a minute: on the crawler's clock, every download of the shared slot is scheduled at
+    # least 60/240 s (plus the 5 % margin) after the one before; after the 402 everything,
     # a request already queued in the slot included, waits out its Retry-After of 1 s.
-    interval = 60 / 120 * 1.05
+    interval = 60 / 240 * 1.05
     done = sorted(read_sendlog(log), key=lambda d: d["scheduled"])
     assert len(done) == len(sent)
     for before, after in zip(done, done[1:], strict=False):

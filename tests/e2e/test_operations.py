@@ -101,7 +101,7 @@ def test_live_stats_and_progress_over_json_rpc_read_only(database_url, source, t
 def test_progress_lines_give_rate_and_eta_and_say_when_waiting(database_url, source, tmp_path):
     site = known_site(database_url, source, agendas=200, minutes=0)
     # The first matching rule applies: the rate limit first, then every page is slow.
-    source.faults.add(match="_next=", action="ratelimit", retry_after=2, times=1)
+    source.faults.add(match="_next=", action="ratelimit", retry_after=1, times=1)
     source.faults.add(match="/meetings/agendas.json", action="hang", seconds=0.2, times=-1)
     result = crawl(
         database_url,
