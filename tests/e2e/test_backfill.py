@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from tests.e2e.crawl import (
@@ -52,7 +54,14 @@ def test_crawl_mirrors_several_sites_exactly(database_url, source):
     sent = source.requests()
     assert sent and all(r["headers"]["user-agent"].startswith("civicband/") for r in sent)
     assert all(r["headers"].get("x-service-secret") == SECRET for r in sent)
-    assert all("_sort=id" in r["query"] for r in page_requests(source))
+    # Every table paged by id, 50 rows at a time, each page once (an empty table: one page).
+    pages = page_requests(source)
+    assert Counter(r["path"] for r in pages) == {
+        f"/{site.subdomain}/meetings/{table}.json": max(1, -(-len(site.rows(table)) // 50))
+        for site in sites
+        for table in TABLES.values()
+    }
+    assert all("_sort=id" in r["query"] and "_size=50" in r["query"] for r in pages)
     # One probe per new site; per job one count (for progress) and one digest (verification).
     probes = [r for r in sent if r["path"].endswith("/meetings.json") and not r["query"]]
     assert len(probes) == 3
