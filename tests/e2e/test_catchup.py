@@ -65,7 +65,7 @@ def test_added_removed_and_changed_pages_are_caught_up_at_a_fraction_of_a_pass(
     source.clear_requests()
     ids = sorted(changed_site.ids("agendas"))
     changed_site.delete_rows("agendas", ids[:10])
-    changed_site.add_rows("agendas", data.make_rows("agendas", 12, seed="new pages"))
+    changed_site.add_rows("agendas", changed_site.new_rows("agendas", 12, seed="new pages"))
     change_in_place(
         changed_site, "agendas", ids[500:505], entities_json='{"persons": ["Re-extracted"]}'
     )
@@ -103,7 +103,7 @@ def test_added_removed_and_changed_pages_are_caught_up_at_a_fraction_of_a_pass(
 def test_a_catch_up_under_faults_is_retried_and_exact(database_url, source):
     site = backfilled(database_url, source, agendas=600, minutes=0)
     site.delete_rows("agendas", sorted(site.ids("agendas"))[:20])
-    site.add_rows("agendas", data.make_rows("agendas", 150, seed="faults"))
+    site.add_rows("agendas", site.new_rows("agendas", 150, seed="faults"))
     source.faults.add(match="group\\+by\\+bucket", action="status", status=503, times=1)
     source.faults.add(match=r"json_each\(:buckets", action="html", times=1)
     source.faults.add(match=r"json_each\(:ids", action="truncate", times=1)
@@ -129,7 +129,7 @@ def test_a_catch_up_under_faults_is_retried_and_exact(database_url, source):
 @pytest.mark.datasette("ds10")
 def test_a_catch_up_killed_at_random_moments_then_resumed_is_exact(database_url, source, tmp_path):
     site = backfilled(database_url, source, agendas=800, minutes=0)
-    site.add_rows("agendas", data.make_rows("agendas", 900, seed="kill"))
+    site.add_rows("agendas", site.new_rows("agendas", 900, seed="kill"))
     source.faults.add(match=r"json_each\(:ids", action="hang", seconds=0.3, times=-1)
     rng = random.Random(11)
     args = (f"subdomain={site.subdomain}", "document_type=agenda", "repair=true", "resume=true")
@@ -168,7 +168,7 @@ def created_so_far(database_url: str, subdomain: str) -> int:
 def test_a_site_caught_mid_rebuild_is_not_swept_then_comes_back_whole(database_url, source):
     site = backfilled(database_url, source, agendas=500, minutes=0)
     whole = site.rows("agendas")
-    partial = whole[:60] + data.make_rows("agendas", 20, seed="rebuilding")
+    partial = whole[:60] + site.new_rows("agendas", 20, seed="rebuilding")
     site.rebuild(agendas=partial, minutes=[])
     result = crawl(
         database_url, source, f"subdomain={site.subdomain}", "document_type=agenda", "full=true"
@@ -243,7 +243,7 @@ def test_a_small_max_returned_rows_never_makes_an_answer_look_complete(database_
     assert_mirror_equals_source(database_url, site, ("agenda",))
     gone = sorted(site.ids("agendas"))[::30]
     site.delete_rows("agendas", gone)
-    site.add_rows("agendas", data.make_rows("agendas", 70, seed="small answers"))
+    site.add_rows("agendas", site.new_rows("agendas", 70, seed="small answers"))
     result = crawl(
         database_url, source, f"subdomain={site.subdomain}", "document_type=agenda", "repair=true"
     )
@@ -348,7 +348,7 @@ def test_a_null_id_past_the_first_page_is_missed_by_paging_and_found_by_catch_up
 
 def test_by_id_batches_are_sized_to_the_url_limit(database_url, source):
     site = backfilled(database_url, source, agendas=200, minutes=0)
-    site.add_rows("agendas", data.make_rows("agendas", 250, seed="url limit"))
+    site.add_rows("agendas", site.new_rows("agendas", 250, seed="url limit"))
     source.clear_requests()
     result = crawl(
         database_url, source, f"subdomain={site.subdomain}", "document_type=agenda", "repair=true"
@@ -384,7 +384,7 @@ def test_a_catch_up_that_costs_more_than_a_pass_pages_instead(database_url, sour
 
 def test_a_pre_split_range_that_hits_the_time_limit_is_split_again(database_url, source):
     site = backfilled(database_url, source, agendas=300, minutes=0)
-    site.add_rows("agendas", data.make_rows("agendas", 30, seed="split again"))
+    site.add_rows("agendas", site.new_rows("agendas", 30, seed="split again"))
     # The table is above the split size, so its digest is taken in 16 ranges; the one from
     # "8" to "9" hits the time limit every time: only its 16 parts can answer.
     source.faults.add(match=r"group\+by\+bucket.*&low=8&high=9", action="interrupted", times=-1)

@@ -545,7 +545,7 @@ def test_first_run(guide: Guide):
     # A rebuild at the source: pages gone, new ones, entities re-extracted under the same ids.
     ids = sorted(alameda.ids("agendas"))
     alameda.delete_rows("agendas", ids[:5])
-    alameda.add_rows("agendas", data.make_rows("agendas", 7, seed="guide: new pages"))
+    alameda.add_rows("agendas", alameda.new_rows("agendas", 7, seed="guide: new pages"))
     rows = {row["id"]: row for row in alameda.rows("agendas")}
     alameda.delete_rows("agendas", ids[40:43])
     alameda.add_rows(

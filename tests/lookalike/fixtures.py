@@ -179,6 +179,18 @@ class Site:
         """Insert rows verbatim (visible at once to the running server)."""
         data.add_rows(self.source.root, self.subdomain, table, rows)
 
+    def new_rows(self, table: str, n: int, *, seed: str) -> list[dict[str, Any]]:
+        """Return `n` generated rows whose ids the table does not hold yet.
+
+        Ids hash (meeting, date, page, text), and 2 % of generated pages are blank, so rows
+        from another seed can repeat an id this site already has: skip those.
+        """
+        have = self.ids(table)
+        rows = data.make_rows(table, 2 * n + 10, seed=seed)
+        fresh = [row for row in rows if row["id"] not in have][:n]
+        assert len(fresh) == n, (table, n, seed)
+        return fresh
+
     def delete_rows(self, table: str, ids: list[str | None]) -> int:
         """Delete rows by id; return how many went."""
         return data.delete_rows(self.source.root, self.subdomain, table, ids)

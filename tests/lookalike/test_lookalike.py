@@ -507,7 +507,7 @@ def test_rows_change_under_running_server(source: Source) -> None:
     site = source.create_site(5, 0)
     count = count_url(source, site.url, "select count(*) as n from agendas")
     assert rows_of(get_json(count)[1]) == [{"n": 5}]
-    site.add_rows("agendas", data.make_rows("agendas", 3, seed="new"))
+    site.add_rows("agendas", site.new_rows("agendas", 3, seed="new"))
     assert rows_of(get_json(count)[1]) == [{"n": 8}]
     gone = sorted(site.ids("agendas"))[:2]
     assert site.delete_rows("agendas", gone) == 2
