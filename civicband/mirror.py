@@ -24,6 +24,7 @@ class Stored:
     created: int
     updated: int
     changed: int
+    unrejected: int = 0  # rejections of ids stored now
 
 
 def _params(subdomain: str, document_type: str) -> dict[str, str]:
@@ -41,7 +42,7 @@ async def store_rows(
 ) -> Stored:
     """Upsert a page's clean rows, quarantine its bad ones; `remember` keeps ids for the sweep."""
     params = _params(subdomain, document_type)
-    created = changed = 0
+    created = changed = unrejected = 0
     if page.clean:
         async with conn.cursor().copy(query("copy_staging")) as copy:
             # copy_staging is a binary COPY: PostgreSQL takes the rows without parsing text,
@@ -55,6 +56,7 @@ async def store_rows(
         counts = await (await conn.execute(query("upsert_pages"), params)).fetchone()
         assert counts is not None
         created, changed = int(counts[0]), int(counts[1])
+        unrejected = (await conn.execute(query("unreject_stored"), params)).rowcount
     if page.rejected:
         async with conn.cursor() as cursor:
             await cursor.executemany(
@@ -71,7 +73,13 @@ async def store_rows(
                     for rejection in page.rejected
                 ],
             )
-    return Stored(created, len(page.clean) - created, changed)
+        ids = [r.row_id for r in page.rejected if r.row_id is not None]
+        dropped = (
+            await conn.execute(query("drop_rejected_pages"), {**params, "ids": ids})
+        ).rowcount
+        if dropped:
+            await conn.execute(query("delete_orphan_documents"), params)
+    return Stored(created, len(page.clean) - created, changed, unrejected)
 
 
 async def pass_counts(

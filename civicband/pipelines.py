@@ -99,6 +99,7 @@ class PageWriter:
         stats.inc_value("civicband/rows/created", stored.created)
         stats.inc_value("civicband/rows/updated", stored.updated)
         stats.inc_value("civicband/rows/changed", stored.changed)
+        stats.inc_value("civicband/rows/unrejected", stored.unrejected)
         stats.inc_value("civicband/rows/rejected", len(page.rejected))
         stats.inc_value("civicband/rows/nul_removed", page.nul_removed)
         for rejection in page.rejected:

@@ -250,6 +250,17 @@ DELETE FROM meeting_documents d
 WHERE d.subdomain = %(subdomain)s AND d.document_type = %(document_type)s
   AND NOT EXISTS (SELECT 1 FROM meeting_pages p WHERE p.document_id = d.id)
 
+-- name: unreject_stored
+-- A row stored now is rejected no more: it was fixed at the source under the same id.
+DELETE FROM rejected_rows r USING civicband_staging s
+ WHERE r.subdomain = %(subdomain)s AND r.document_type = %(document_type)s AND r.row_id = s.id
+
+-- name: drop_rejected_pages
+-- A row rejected now replaces the page its id had: the source holds that content no more.
+DELETE FROM meeting_pages
+ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+   AND id = ANY(%(ids)s::text[])
+
 -- name: reject_row
 -- The same bad row met again is one rejection; an id has one rejection, its newest.
 WITH older AS (

@@ -285,6 +285,37 @@ def test_a_rejection_fixed_at_the_source_is_swept(database_url, source, how):
     assert_mirror_equals_source(database_url, site, ("agenda",))
 
 
+def test_a_page_that_turns_malformed_is_rejected_instead_then_stored_again(database_url, source):
+    site = backfilled(database_url, source, agendas=40, minutes=0)
+    good = sorted(site.rows("agendas"), key=lambda r: r["id"])[5]
+    # Re-extraction at the source under the same id: new entities, and the meeting lost.
+    change_in_place(site, "agendas", [good["id"]], meeting="", entities_json='{"persons": []}')
+    broken = crawl(database_url, source, f"subdomain={site.subdomain}", "document_type=agenda")
+    assert broken.returncode == 0, broken  # a rejected row is counted, not a failure
+    job = jobs(database_url, site.subdomain)[-1]
+    assert (job["mode"], job["verify_status"], job["actual_count"], job["rejected_count"]) == (
+        "catchup",
+        "passed",
+        39,
+        1,
+    )
+    # The stale page is not kept beside its rejection: one id, one state.
+    assert good["id"] not in mirrored(database_url, site.subdomain, "agenda")
+    assert [r["row_id"] for r in fetch(database_url, "SELECT row_id FROM rejected_rows")] == [
+        good["id"]
+    ]
+    assert_mirror_equals_source(database_url, site, ("agenda",))
+    # Re-extracted again, the meeting back, still the same id: stored, and rejected no more.
+    change_in_place(site, "agendas", [good["id"]], meeting=good["meeting"], votes_json="[]")
+    fixed = crawl(database_url, source, f"subdomain={site.subdomain}", "document_type=agenda")
+    assert fixed.returncode == 0, fixed
+    job = jobs(database_url, site.subdomain)[-1]
+    assert (job["verify_status"], job["actual_count"], job["rejected_count"]) == ("passed", 40, 0)
+    assert fetch(database_url, "SELECT count(*) AS n FROM rejected_rows")[0]["n"] == 0
+    assert fixed.stats["civicband/rows/unrejected"] == 1
+    assert_mirror_equals_source(database_url, site, ("agenda",))
+
+
 def test_hostile_ids_shared_across_sites_agree_on_both_sides(database_url, source):
     base = data.make_rows("agendas", 30, seed="ids")
     odd = [
