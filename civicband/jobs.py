@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,11 +247,14 @@ async def claim(
     run_id: int,
     limit: int,
     try_lease: Callable[[int], Awaitable[bool]],
+    *,
+    retried: Collection[int] = (),
 ) -> list[Claim]:
     """Claim up to `limit` jobs of the run nobody holds, each under a new lease token.
 
     Rows are locked with SKIP LOCKED, so claimers never wait for each other; the caller
-    releases the leases taken if the transaction does not commit.
+    releases the leases taken if the transaction does not commit. `retried` are the jobs of
+    an attempt whose outcome is unknown: found running, they are this claim's, not taken over.
     """
     if limit <= 0:
         return []
@@ -263,7 +266,7 @@ async def claim(
     taken: dict[int, bool] = {}
     for job_id, status in rows:
         if await try_lease(job_id):
-            taken[job_id] = status == "running"
+            taken[job_id] = status == "running" and job_id not in retried
     if not taken:
         return []
     claimed = await (await conn.execute(query("take_jobs"), {"job_ids": list(taken)})).fetchall()

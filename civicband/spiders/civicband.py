@@ -264,9 +264,19 @@ class CivicbandSpider(StoreSpider):
         if limit <= 0 or not self.crawler.crawling or registry.database_down:
             return []
         store = self.store
+        # Leases of the attempt in flight. A retry (its COMMIT answer lost, say) first gives
+        # them back: whether that claim committed is unknown, and a lease this session still
+        # held would hide the jobs it took from the claim that retries it.
+        taken: list[int] = []
+
+        async def release_taken() -> None:
+            for job_id in taken:
+                await store.release(job_id)
+            taken.clear()
 
         async def work(conn: Any) -> list[jobs.Claim]:
-            taken: list[int] = []
+            retried = set(taken)
+            await release_taken()
 
             async def lease(job_id: int) -> bool:
                 if await store.try_lease(job_id):
@@ -274,23 +284,20 @@ class CivicbandSpider(StoreSpider):
                     return True
                 return False
 
-            try:
-                claims = await jobs.claim(conn, self.run_id, limit, lease)
-                if not claims:
-                    busy = await jobs.busy_elsewhere(conn, self.run_id, registry.jobs)
-                    self._tell_busy(busy)
-                return claims
-            except BaseException:
-                for job_id in taken:
-                    await store.release(job_id)
-                raise
+            claims = await jobs.claim(conn, self.run_id, limit, lease, retried=retried)
+            if not claims:
+                busy = await jobs.busy_elsewhere(conn, self.run_id, registry.jobs)
+                self._tell_busy(busy)
+            return claims
 
         try:
             claims = await store.transact(work, "claiming jobs")
         except DatabaseUnavailable as error:
+            await release_taken()
             await registry.database_lost(error)
             return []
         except DatabaseError as error:
+            await release_taken()
             self.crawler.stats.inc_value("civicband/db/errors")
             logger.error("Could not claim jobs: %s", error)
             return []

@@ -20,6 +20,7 @@ from psycopg import sql
 from civicband.commands.crawl import SIGNAL_ECHO
 from civicband.store import LEASE_CLASS
 from tests.e2e.crawl import (
+    assert_jobs_complete_and_exact,
     assert_mirror_equals_source,
     committed,
     crawl,
@@ -34,6 +35,7 @@ from tests.e2e.crawl import (
     wait_for,
 )
 from tests.pg import with_dbname
+from tests.test_lost_commit import proxied
 
 
 def slow(source, site, seconds: float = 0.25) -> None:
@@ -223,6 +225,21 @@ def test_three_processes_share_six_sites(database_url, source, tmp_path):
     shares = [c.stats.get("civicband/rows/fetched", 0) for c in crawlers]
     assert sum(shares) == 6 * 160 and all(shares), shares  # each process did a share
     assert max(c.stats.get("civicband/jobs/started", 0) for c in crawlers) <= 8
+
+
+@pytest.mark.datasette("ds10")  # the subject is PostgreSQL's answer, not the Datasette line
+def test_a_claim_whose_commit_answer_is_lost_still_runs_its_jobs(database_url, source):
+    site = source.create_site(agendas=30, minutes=20)
+    register(database_url, site)
+    # The claim commits, its answer never comes: the retry must find those jobs again.
+    url, proxy = proxied(database_url, b"lease_token = nextval")
+    proxy.armed = True
+    result = crawl(url, source, f"subdomain={site.subdomain}")
+    assert proxy.dropped == 1
+    assert result.returncode == 0, result
+    assert result.stats["civicband/db/retries"] >= 1
+    assert result.stats.get("civicband/jobs/taken_over", 0) == 0  # its own claim, retried
+    assert_jobs_complete_and_exact(database_url, site)
 
 
 @pytest.mark.datasette("ds10")  # the subject is PostgreSQL refusing; probes: test_backfill
