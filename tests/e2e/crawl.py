@@ -25,6 +25,25 @@ SECRET = "test-secret-do-not-log"
 TABLES = {"agenda": "agendas", "minutes": "minutes"}
 COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
 TEXT_COLUMNS = ("meeting", "text", "page_image", "entities_json", "votes_json")
+# The columns `scrapy jobs --json` lists, in order (SPEC §2 plus mode and pages_removed).
+JOB_KEYS = [
+    "id",
+    "subdomain",
+    "document_type",
+    "mode",
+    "status",
+    "pages_created",
+    "pages_updated",
+    "pages_removed",
+    "errors_encountered",
+    "expected_count",
+    "actual_count",
+    "verify_status",
+    "verified_at",
+    "created",
+    "modified",
+    "last_error",
+]
 
 
 def read_stats(path: Path) -> dict[str, Any]:

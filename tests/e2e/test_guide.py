@@ -48,6 +48,7 @@ import pytest
 
 from civicband import __version__
 from tests.e2e.crawl import (
+    JOB_KEYS,
     ROOT,
     SECRET,
     assert_mirror_equals_source,
@@ -582,24 +583,7 @@ def test_first_run(guide: Guide):
     assert listing and {(j["subdomain"], j["document_type"]) for j in listing} == {
         ("alameda.ca", "agenda")
     }
-    assert list(listing[0]) == [
-        "id",
-        "subdomain",
-        "document_type",
-        "mode",
-        "status",
-        "pages_created",
-        "pages_updated",
-        "pages_removed",
-        "errors_encountered",
-        "expected_count",
-        "actual_count",
-        "verify_status",
-        "verified_at",
-        "created",
-        "modified",
-        "last_error",
-    ]
+    assert list(listing[0]) == JOB_KEYS
     assert listing[0]["id"] > listing[-1]["id"], "newest first"
 
     crawl_command, query = guide.commands("stats-file", 2)

@@ -13,26 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.crawl import ROOT, crawl, fetch
+from tests.e2e.crawl import JOB_KEYS, ROOT, crawl, fetch
 
-KEYS = [
-    "id",
-    "subdomain",
-    "document_type",
-    "mode",
-    "status",
-    "pages_created",
-    "pages_updated",
-    "pages_removed",
-    "errors_encountered",
-    "expected_count",
-    "actual_count",
-    "verify_status",
-    "verified_at",
-    "created",
-    "modified",
-    "last_error",
-]
 TIMESTAMPS = ("verified_at", "created", "modified")
 
 
@@ -98,7 +80,7 @@ def test_jobs_lists_newest_first_as_a_table_and_as_json_and_filters(database_url
 
     assert table.returncode == 0, table
     lines = table.stdout.splitlines()
-    assert lines[0].split() == KEYS
+    assert lines[0].split() == JOB_KEYS
     assert set(lines[1]) == {"-", " "}
     rows = lines[2:-1]
     assert [int(line.split()[0]) for line in rows] == [job["id"] for job in in_db]
@@ -108,9 +90,9 @@ def test_jobs_lists_newest_first_as_a_table_and_as_json_and_filters(database_url
     assert table.stderr == ""
 
     listed = as_json.json()
-    assert [list(job) for job in listed] == [KEYS] * 4
+    assert [list(job) for job in listed] == [JOB_KEYS] * 4
     for job, row in zip(listed, in_db, strict=True):
-        for key in KEYS:
+        for key in JOB_KEYS:
             value = job[key]
             if key in TIMESTAMPS and value is not None:
                 value = datetime.datetime.fromisoformat(value)
