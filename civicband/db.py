@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -35,16 +35,40 @@ async def wrap_exceptions() -> AsyncIterator[None]:
         raise DatabaseError(one_line(error)) from error
 
 
+_DSN_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+_QUERY_PASSWORD = re.compile(r"(?<![^&])password=[^&]*")
+
+
 def redact(url: str) -> str:
     """Show a database URL without its password, for logs and errors."""
     if "://" not in url:
-        return re.sub(r"password\s*=\s*\S+", "password=***", url)
+        return _DSN_PASSWORD.sub("password=***", url)
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    query = _QUERY_PASSWORD.sub("password=***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def passwords(url: str) -> list[str]:
+    """The password in a libpq URL or key=value string, in every spelling a stat could hold."""
+    if "://" in url:
+        parts = urlsplit(url)
+        found = [parts.password or "", *parse_qs(parts.query).get("password", [])]
+    else:
+        values = _DSN_PASSWORD.findall(url)
+        found = [spelling for text in values for spelling in (text, *_unquote_dsn(text))]
+    spellings = {text for text in found if text} | {unquote(text) for text in found if text}
+    return sorted(spellings, key=len, reverse=True)
+
+
+def _unquote_dsn(text: str) -> tuple[str, ...]:
+    """A quoted key=value value ('with \\' escapes') as written inside the quotes, and as meant."""
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        return text[1:-1], re.sub(r"\\(.)", r"\1", text[1:-1])
+    return ()
 
 
 def one_line(error: BaseException) -> str:

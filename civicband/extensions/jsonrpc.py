@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 from scrapy import signals
@@ -33,6 +32,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from civicband.args import ArgumentError, parse_bool
+from civicband.db import passwords
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -75,7 +75,6 @@ REDACTED = "***"
 MAX_DEPTH = 32
 
 _PORT_TEXT = re.compile(r"\s*(?:\[\s*(\d+)\s*(?:,\s*(\d+)\s*)?\]|(\d+)\s*(?:,\s*(\d+)\s*)?)")
-_DSN_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 ProgressProvider = Callable[[], Iterable[Mapping[str, Any]]]
 
@@ -162,27 +161,6 @@ def check_settings(settings: BaseSettings) -> JsonRpcConfig:
 # ---- what an answer may not contain --------------------------------------------------------
 
 
-def database_passwords(url: str) -> list[str]:
-    """The password in a libpq URL or key=value string, in every spelling a stat could hold."""
-    # A URL then reads as civicband.db.redact shows it (user:***@host); unlike redact, this
-    # also finds a URL's ?password= and a quoted key=value password ('a b') whole.
-    if "://" in url:
-        parts = urlsplit(url)
-        found = [parts.password or "", *parse_qs(parts.query).get("password", [])]
-    else:
-        values = _DSN_PASSWORD.findall(url)
-        found = [spelling for text in values for spelling in (text, *_unquote_dsn(text))]
-    spellings = {text for text in found if text} | {unquote(text) for text in found if text}
-    return sorted(spellings, key=len, reverse=True)
-
-
-def _unquote_dsn(text: str) -> tuple[str, ...]:
-    """A quoted key=value value ('with \\' escapes') as written inside the quotes, and as meant."""
-    if len(text) >= 2 and text[0] == text[-1] == "'":
-        return text[1:-1], re.sub(r"\\(.)", r"\1", text[1:-1])
-    return ()
-
-
 class Redactor:
     """Replace the service secret and the database password with *** in whatever is sent."""
 
@@ -198,7 +176,7 @@ class Redactor:
         """The secrets this crawl holds: CIVICBAND_SERVICE_SECRET and the database password."""
         secret = str(settings.get("CIVICBAND_SERVICE_SECRET") or "")
         url = str(settings.get("CIVICBAND_DATABASE_URL") or "")
-        return cls([secret, *database_passwords(url)])
+        return cls([secret, *passwords(url)])
 
     def text(self, value: str) -> str:
         """A string with every secret in it replaced."""

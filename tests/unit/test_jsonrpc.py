@@ -39,7 +39,6 @@ from civicband.extensions.jsonrpc import (
     JsonRpcConfig,
     Redactor,
     check_settings,
-    database_passwords,
     is_loopback,
     parse_port_range,
 )
@@ -709,15 +708,6 @@ def assert_clean(body: bytes) -> None:
         for form in forms(secret):
             assert form not in body, (form, body)
     orjson.loads(body)  # still JSON
-
-
-def test_database_passwords() -> None:
-    assert database_passwords("") == []
-    assert database_passwords("postgresql://mirror@db/civicband") == []
-    assert set(database_passwords(URL)) == {"pa%24%24%3Aw%40rd", PASSWORD}
-    assert database_passwords("postgresql://db/x?password=q1&user=u") == ["q1"]
-    assert database_passwords("host=db password=hunter2 user=u") == ["hunter2"]
-    assert set(database_passwords("host=db password='a \\'b' user=u")) >= {"a 'b", "a \\'b"}
 
 
 def test_no_answer_holds_the_secret_or_the_password(serve: Any) -> None:
