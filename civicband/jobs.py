@@ -335,6 +335,7 @@ async def advance(
     created: int,
     updated: int,
     errors: int,
+    removed: int,
     final: bool,
 ) -> None:
     """A page stored: the cursor moves on and the counters grow, in the page's transaction."""
@@ -344,6 +345,7 @@ async def advance(
         "created": created,
         "updated": updated,
         "errors": errors,
+        "removed": removed,
         "final": final,
     }
     await _fenced(conn, "advance_job", lease, params, "running")

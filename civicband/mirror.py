@@ -25,6 +25,7 @@ class Stored:
     updated: int
     changed: int
     unrejected: int = 0  # rejections of ids stored now
+    dropped: int = 0  # pages whose id's row arrived malformed: the rejection replaces them
 
 
 def _params(subdomain: str, document_type: str) -> dict[str, str]:
@@ -42,7 +43,7 @@ async def store_rows(
 ) -> Stored:
     """Upsert a page's clean rows, quarantine its bad ones; `remember` keeps ids for the sweep."""
     params = _params(subdomain, document_type)
-    created = changed = unrejected = 0
+    created = changed = unrejected = dropped = 0
     if page.clean:
         async with conn.cursor().copy(query("copy_staging")) as copy:
             # copy_staging is a binary COPY: PostgreSQL takes the rows without parsing text,
@@ -79,7 +80,7 @@ async def store_rows(
         ).rowcount
         if dropped:
             await conn.execute(query("delete_orphan_documents"), params)
-    return Stored(created, len(page.clean) - created, changed, unrejected)
+    return Stored(created, len(page.clean) - created, changed, unrejected, dropped)
 
 
 async def pass_counts(

@@ -48,6 +48,7 @@ class PageWriter:
                 created=stored.created,
                 updated=stored.updated,
                 errors=len(page.rejected),
+                removed=stored.dropped,
                 final=item.final,
             )
             return stored
@@ -80,6 +81,7 @@ class PageWriter:
                 created=stored.created,
                 updated=stored.updated,
                 errors=len(page.rejected),
+                removed=stored.dropped,
                 final=False,
             )
             return stored
@@ -100,6 +102,7 @@ class PageWriter:
         stats.inc_value("civicband/rows/updated", stored.updated)
         stats.inc_value("civicband/rows/changed", stored.changed)
         stats.inc_value("civicband/rows/unrejected", stored.unrejected)
+        stats.inc_value("civicband/pages/replaced_by_rejection", stored.dropped)
         stats.inc_value("civicband/rows/rejected", len(page.rejected))
         stats.inc_value("civicband/rows/nul_removed", page.nul_removed)
         for rejection in page.rejected:

@@ -134,6 +134,7 @@ UPDATE backfill_jobs
        pages_created = pages_created + %(created)s,
        pages_updated = pages_updated + %(updated)s,
        errors_encountered = errors_encountered + %(errors)s,
+       pages_removed = pages_removed + %(removed)s,
        batches_committed = batches_committed + 1,
        pages_exhausted_at = CASE WHEN %(final)s THEN now() ELSE pages_exhausted_at END,
        modified = now()

@@ -80,6 +80,7 @@ async def write_page(
             created=stored.created,
             updated=stored.updated,
             errors=0,
+            removed=stored.dropped,
             final=cursor_out is None,
         )
         return True
