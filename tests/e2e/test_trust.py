@@ -37,15 +37,17 @@ from tests.e2e.crawl import (
 from tests.pg import with_dbname
 from tests.test_lost_commit import proxied
 
+PAGES = "/{}/meetings/(agendas|minutes)\\.json"
+
 
 def slow(source, site, seconds: float = 0.25) -> None:
     """Make every page of a site take a while, so other things happen meanwhile."""
-    source.faults.add(
-        match=f"/{site.subdomain}/meetings/(agendas|minutes)\\.json",
-        action="hang",
-        seconds=seconds,
-        times=-1,
-    )
+    source.faults.add(match=PAGES.format(site.subdomain), action="hang", seconds=seconds, times=-1)
+
+
+def held(source) -> list[dict]:
+    """Page requests the look-alike is holding (fault `hold`, not yet answered)."""
+    return [r for r in page_requests(source) if r["fault"] == "hold" and r["status"] is None]
 
 
 def known_site(database_url, source, **sizes):
@@ -66,15 +68,19 @@ def test_a_jobdir_rerun_beside_a_live_resume_fails_no_job(database_url, source, 
     wait_for(lambda: committed(database_url, site.subdomain) >= 3, what="pages to commit")
     paused.process.send_signal(signal.SIGINT)
     assert paused.wait(timeout=150) == 3, paused
-    # Another operator resumes those jobs; while it works, the same JOBDIR command runs again.
+    # Another operator resumes those jobs and is held at its first pages (no clock decides how
+    # long it works); meanwhile the same JOBDIR command runs again.
+    source.faults.clear()
+    source.faults.add(match=PAGES.format(site.subdomain), action="hold", times=-1)
+    source.clear_requests()
     other = start_crawl(database_url, source, *args, "resume=true", log=tmp_path / "b.log")
-    before = committed(database_url, site.subdomain)
-    wait_for(lambda: committed(database_url, site.subdomain) > before + 2, what="the resume")
+    wait_for(lambda: len(held(source)) == 2, what="the resume to ask for both tables' pages")
     rerun = crawl(database_url, source, *args, settings={"JOBDIR": str(jobdir)})
     assert rerun.returncode == 0, rerun
     assert rerun.stats.get("civicband/jobs/failed", 0) == 0
     assert rerun.stats["civicband/requests/dropped"] >= 1  # restored from JOBDIR: not its job
-    assert other.process.poll() is None, "the rerun was meant to run while the resume worked"
+    assert len(held(source)) == 2, "the rerun fetched pages of jobs it does not hold"
+    assert other.process.poll() is None
     source.faults.clear()
     assert other.wait(timeout=150) == 0, other
     assert [j["status"] for j in jobs(database_url, site.subdomain)] == ["completed"] * 2

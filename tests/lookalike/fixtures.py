@@ -123,6 +123,8 @@ class Faults:
       interrupted   the real Datasette time-limit answer for this line and kind of request.
       hang          `seconds`: wait, then carry on as usual; without it never answer (until
                     the client goes away).
+      hold          no answer until the rules are cleared, then carry on as usual: a test
+                    holds a process at a request for as long as it needs, with no clock.
       truncate      the site's real answer (straight from Datasette) cut to half its body,
                     200 application/json.
       rewrite_next  the real answer with the JSON body's top-level `next` replaced:
@@ -151,7 +153,7 @@ class Faults:
             raise ValueError(json.loads(err.read())["error"]) from None
 
     def clear(self) -> None:
-        """Drop every rule."""
+        """Drop every rule; requests held by `hold` carry on."""
         self.server.control("DELETE", "faults")
 
     def list(self) -> list[dict[str, Any]]:

@@ -44,7 +44,7 @@ BOT_WALL = (
 )
 RATE_LIMIT_MESSAGE = "Rate limit exceeded. Maximum {n} requests per minute."
 FAULT_ACTIONS = (
-    *("status", "html", "ratelimit", "interrupted", "hang", "truncate"),
+    *("status", "html", "ratelimit", "interrupted", "hang", "hold", "truncate"),
     *("rewrite_next", "rewrite"),
 )
 # Datasette settings every site gets unless its site.json says otherwise (data.SITE_SETTINGS).
@@ -128,6 +128,7 @@ class Lookalike:
         self.apps: dict[str, App] = {}
         self.lock = asyncio.Lock()
         self.faults: list[dict[str, Any]] = []
+        self.released = asyncio.Event()  # set, then replaced, whenever the rules are cleared
         self.log: list[dict[str, Any]] = []
         self.limit: dict[str, Any] = {}
         self.window: deque[float] = deque()
@@ -214,6 +215,12 @@ class Lookalike:
                     scope = dict(scope, query_string=capped.encode("latin-1"))
         await self.serve(scope, receive, send)
 
+    def clear_faults(self) -> None:
+        """Drop every rule and let the requests held by `hold` carry on."""
+        self.faults.clear()
+        self.released.set()
+        self.released = asyncio.Event()
+
     async def watch_parent(self) -> None:
         """Exit when the process that started us is gone (e.g. pytest killed)."""
         while True:
@@ -246,6 +253,9 @@ class Lookalike:
                 await wait_disconnect(receive)
                 return None
             await asyncio.sleep(rule["seconds"])
+            return send
+        elif action == "hold":
+            await self.released.wait()
             return send
         elif action == "truncate":
             await self.serve(scope, receive, Truncator(send))
@@ -465,7 +475,7 @@ class Lookalike:
             self.faults.append(rule)
             await respond_json(send, 200, {"ok": True})
         elif what == "faults" and method == "DELETE":
-            self.faults.clear()
+            self.clear_faults()
             await respond_json(send, 200, {"ok": True})
         elif what == "faults":
             listed = [{k: v for k, v in r.items() if k != "re"} for r in self.faults]
@@ -487,7 +497,7 @@ class Lookalike:
                     self.apps.clear()
             await respond_json(send, 200, {"ok": True})
         elif what == "reset" and method == "POST":
-            self.faults.clear()
+            self.clear_faults()
             self.limit = {}
             self.window.clear()
             self.log.clear()

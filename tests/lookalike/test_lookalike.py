@@ -697,6 +697,24 @@ def test_fault_hang(source: Source) -> None:
     assert log[1]["done"] is None and log[1]["bytes"] == 0
 
 
+def test_fault_hold(source: Source) -> None:
+    """`hold` answers nothing until the rules are cleared, then answers as usual."""
+    site = source.create_site(2, 0)
+    source.faults.add(match="agendas", action="hold", times=-1)
+    answers: list[int] = []
+    url = f"{site.url}/meetings/agendas.json"
+    t = threading.Thread(target=lambda: answers.append(fetch(url)[0]))
+    t.start()
+    log = wait_for_log(source, lambda log: len(log) == 1)  # the held request has arrived
+    assert (log[0]["fault"], log[0]["status"]) == ("hold", None)
+    assert fetch(f"{site.url}/meetings/minutes.json")[0] == 200  # others are not held up
+    assert t.is_alive() and answers == []
+    source.faults.clear()
+    t.join(timeout=10)
+    assert answers == [200]
+    assert [(r["fault"], r["status"]) for r in source.requests()] == [("hold", 200), (None, 200)]
+
+
 def test_fault_ratelimit(source: Source) -> None:
     """`ratelimit` answers civic.band's 402, with Retry-After when asked."""
     site = source.create_site(2, 0)
