@@ -14,7 +14,7 @@ import psycopg
 
 from civicband import digest
 from civicband.db import query
-from civicband.rows import PageRows
+from civicband.rows import INVALID_ID, PageRows
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ async def store_rows(
     """Upsert a page's clean rows, quarantine its bad ones; `remember` keeps ids for the sweep."""
     params = _params(subdomain, document_type)
     created = changed = unrejected = dropped = 0
+    rejected_ids = [r.page_id for r in page.rejected if r.page_id is not None]
     if page.clean:
         async with conn.cursor().copy(query("copy_staging")) as copy:
             # copy_staging is a binary COPY: PostgreSQL takes the rows without parsing text,
@@ -57,7 +58,12 @@ async def store_rows(
         counts = await (await conn.execute(query("upsert_pages"), params)).fetchone()
         assert counts is not None
         created, changed = int(counts[0]), int(counts[1])
-        unrejected = (await conn.execute(query("unreject_stored"), params)).rowcount
+        unrejected = (
+            await conn.execute(
+                query("unreject_stored"),
+                {**params, "invalid_id": INVALID_ID, "rejected_ids": rejected_ids},
+            )
+        ).rowcount
     if page.rejected:
         async with conn.cursor() as cursor:
             await cursor.executemany(
@@ -74,7 +80,9 @@ async def store_rows(
                     for rejection in page.rejected
                 ],
             )
-        ids = [r.row_id for r in page.rejected if r.row_id is not None]
+        # A twin of a row this page stores leaves that row alone: the source holds both.
+        stored_ids = {row.id for row in page.clean}
+        ids = [i for i in rejected_ids if i not in stored_ids]
         dropped = (
             await conn.execute(query("drop_rejected_pages"), {**params, "ids": ids})
         ).rowcount

@@ -12,6 +12,7 @@ from civicband.digest import content_fp
 
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_ID_LENGTH = 200
+INVALID_ID = "missing or invalid id"
 TEXT_COLUMNS = ("meeting", "text", "page_image", "entities_json", "votes_json")
 PG_INTEGER = 2**31 - 1
 # Half of a UTF-16 surrogate pair on its own: JSON can carry it, UTF-8 (and PostgreSQL) cannot.
@@ -41,10 +42,15 @@ class CleanRow(NamedTuple):
 class Rejection:
     """A source row we could not store, with why and its raw content."""
 
-    row_id: str | None
+    row_id: str | None  # an invalid id as shown (escaped, cut): it may look like a valid one
     reason: str
     raw: str
     content_fp: int = 0
+
+    @property
+    def page_id(self) -> str | None:
+        """The id of the page this row would have been, if its id is one a page can have."""
+        return None if self.reason == INVALID_ID else self.row_id
 
 
 @dataclass
@@ -232,6 +238,8 @@ def clean_row(
     fingerprint = content_fp(row)
     if not unicode_checked and _has_lone_surrogate(row):
         reason = "text is not valid Unicode (half a surrogate pair)"
+        if _parse_id(row.get("id")) is None:
+            reason = INVALID_ID
         return None, Rejection(_shown_id(row.get("id")), reason, raw_text(row), fingerprint), 0
     removed = 0
     # NULs are removed from text only: an id or date holding one is invalid, not repaired.
@@ -241,8 +249,11 @@ def clean_row(
         removed += count
     row_id = _parse_id(values["id"])
     if row_id is None:
-        reason = "missing or invalid id"
-        return None, Rejection(_shown_id(values["id"]), reason, raw_text(row), fingerprint), removed
+        return (
+            None,
+            Rejection(_shown_id(values["id"]), INVALID_ID, raw_text(row), fingerprint),
+            removed,
+        )
     meeting = _as_text(values["meeting"])
     reason = None
     if meeting is None or not meeting.strip():

@@ -252,9 +252,11 @@ WHERE d.subdomain = %(subdomain)s AND d.document_type = %(document_type)s
   AND NOT EXISTS (SELECT 1 FROM meeting_pages p WHERE p.document_id = d.id)
 
 -- name: unreject_stored
--- A row stored now is rejected no more: it was fixed at the source under the same id.
+-- A row stored now is rejected no more: it was fixed at the source under the same id. Not
+-- a row whose invalid id only looks like it once shown, nor a twin this page rejects again.
 DELETE FROM rejected_rows r USING civicband_staging s
  WHERE r.subdomain = %(subdomain)s AND r.document_type = %(document_type)s AND r.row_id = s.id
+   AND r.reason <> %(invalid_id)s AND r.row_id <> ALL(%(rejected_ids)s::text[])
 
 -- name: drop_rejected_pages
 -- A row rejected now replaces the page its id had: the source holds that content no more.

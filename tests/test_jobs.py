@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from civicband import db, jobs, mirror
-from civicband.rows import clean_page
+from civicband.rows import INVALID_ID, MAX_ID_LENGTH, clean_page
 from civicband.store import Store
 from civicband.verify import Verdict
 
@@ -393,3 +393,58 @@ def test_a_sweep_removes_what_the_pass_did_not_see_and_its_stale_rejections(data
         ids = [r[0] for r in conn.execute("SELECT id FROM meeting_pages")]
         rejected = conn.execute("SELECT count(*) FROM rejected_rows").fetchone()[0]
     assert (ids, rejected) == ([ROW["id"]], 0)
+
+
+def store_pages(url: str, tmp_path: Path, site: str, pages: list[Any]) -> list[mirror.Stored]:
+    """Store these pages in turn for one agenda job, each in its own transaction."""
+
+    async def scenario() -> list[mirror.Stored]:
+        store = await opened(url, tmp_path)
+        try:
+            run_id, _ = await queue(store, [site])
+            claims = await claim(store, run_id)
+            lease = next(c.lease for c in claims if c.lease.document_type == "agenda")
+            return [
+                await store.transact(
+                    lambda conn, page=page: mirror.store_rows(
+                        conn, site, "agenda", lease.job_id, page, remember=False
+                    ),
+                    "storing",
+                )
+                for page in pages
+            ]
+        finally:
+            await store.close()
+
+    return run(scenario())
+
+
+def test_a_page_holding_an_id_twice_keeps_the_row_it_stores(database_url, tmp_path):
+    twin = {**ROW, "text": "Call to order, again"}  # the same id twice: the second is rejected
+    page = clean_page([ROW, twin])
+    # The same page twice: the second changes nothing.
+    first, second = store_pages(database_url, tmp_path, "twice.ca", [page, page])
+    assert (first.created, first.unrejected, first.dropped) == (1, 0, 0)
+    assert (second.created, second.updated, second.unrejected, second.dropped) == (0, 1, 0, 0)
+    with psycopg.connect(database_url) as conn:
+        texts = [r[0] for r in conn.execute("SELECT text FROM meeting_pages")]
+        rejected = conn.execute("SELECT row_id, reason FROM rejected_rows").fetchall()
+    assert texts == [ROW["text"]]
+    assert rejected == [(ROW["id"], "duplicate id within one page")]
+
+
+def test_an_invalid_id_that_reads_as_a_valid_one_once_cut_touches_neither(database_url, tmp_path):
+    valid = {**ROW, "id": "v" * MAX_ID_LENGTH}
+    invalid = {**ROW, "id": valid["id"] + "w", "text": "another page"}  # shown cut: as valid
+    pages = [clean_page([valid]), clean_page([invalid]), clean_page([valid])]
+    stored = store_pages(database_url, tmp_path, "cut.ca", pages)
+    assert [(s.created, s.dropped, s.unrejected) for s in stored] == [
+        (1, 0, 0),
+        (0, 0, 0),
+        (0, 0, 0),
+    ]
+    with psycopg.connect(database_url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM meeting_pages")]
+        rejected = conn.execute("SELECT row_id, reason FROM rejected_rows").fetchall()
+    assert ids == [valid["id"]]
+    assert rejected == [(valid["id"], INVALID_ID)]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from civicband.digest import content_fp
-from civicband.rows import MAX_ID_LENGTH, clean_page, clean_row, raw_text
+from civicband.rows import INVALID_ID, MAX_ID_LENGTH, clean_page, clean_row, raw_text
 
 SURROGATE_REASON = "text is not valid Unicode (half a surrogate pair)"
 GOOD = {
@@ -74,7 +74,15 @@ def test_valid_text_read_by_json_is_kept():
 def test_a_surrogate_in_the_id_is_escaped_in_the_rejection():
     clean, rejection, _ = clean_row({**GOOD, "id": "ab\ud800cd"}, unicode_checked=False)
     assert clean is None
-    assert (rejection.row_id, rejection.reason) == ("ab\\ud800cd", SURROGATE_REASON)
+    # The id is what is wrong: shown escaped, it names no page (a valid id may read the same).
+    assert (rejection.row_id, rejection.reason) == ("ab\\ud800cd", INVALID_ID)
+    assert rejection.page_id is None
+
+
+def test_a_surrogate_in_the_text_names_the_page_of_its_valid_id():
+    clean, rejection, _ = clean_row({**GOOD, "text": "a\ud800"}, unicode_checked=False)
+    assert clean is None
+    assert (rejection.page_id, rejection.reason) == (GOOD["id"], SURROGATE_REASON)
 
 
 def test_a_page_of_json_read_rows_quarantines_only_the_surrogate_rows():
@@ -99,8 +107,9 @@ def test_a_page_of_json_read_rows_quarantines_only_the_surrogate_rows():
 def test_a_rejected_id_with_nul_is_escaped_and_cut(row_id, shown, checked):
     clean, rejection, _ = clean_row({**GOOD, "id": row_id}, unicode_checked=checked)
     assert clean is None
-    assert rejection.reason == "missing or invalid id"
+    assert rejection.reason == INVALID_ID
     assert rejection.row_id == shown
+    assert rejection.page_id is None  # shown, it may read as a valid id: it names no page
     assert "\x00" not in rejection.row_id
 
 
