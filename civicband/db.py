@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import psycopg
+import psycopg.conninfo
 from psycopg_pool import PoolTimeout
 
 MIGRATIONS_LOCK = 0x63697669  # "civi": one migrator at a time across processes
@@ -35,31 +36,37 @@ async def wrap_exceptions() -> AsyncIterator[None]:
         raise DatabaseError(one_line(error)) from error
 
 
+# The places libpq reads a password from, by its grammar (not urllib's): a URL's user:password@
+# (ending at the first "@" or "/": "#" and "?" belong to the password), a URL's ?password=
+# (to the next "&"), a key=value string's password= (quoted with \\ escapes, or to the next
+# space). The userinfo form is also looked for anywhere, as in a dbname=postgresql://... value.
+_URL_PREFIX = re.compile(r"postgres(?:ql)?://")
+_USERINFO_PASSWORD = re.compile(r"(postgres(?:ql)?://[^@/:\s]*:)([^@/\s]*)(?=@)")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&]*)")
 _DSN_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
-_QUERY_PASSWORD = re.compile(r"(?<![^&])password=[^&]*")
 
 
 def redact(url: str) -> str:
-    """Show a database URL without its password, for logs and errors."""
-    if "://" not in url:
-        return _DSN_PASSWORD.sub("password=***", url)
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-    query = _QUERY_PASSWORD.sub("password=***", parts.query)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    """Show a database URL or key=value string without its password, for logs and errors."""
+    if _URL_PREFIX.match(url):
+        shown = _QUERY_PASSWORD.sub(r"\1***", url)
+    else:
+        shown = _DSN_PASSWORD.sub("password=***", url)
+    return _USERINFO_PASSWORD.sub(r"\1***", shown)
 
 
 def passwords(url: str) -> list[str]:
     """The password in a libpq URL or key=value string, in every spelling a stat could hold."""
-    if "://" in url:
-        parts = urlsplit(url)
-        found = [parts.password or "", *parse_qs(parts.query).get("password", [])]
+    try:
+        found = [psycopg.conninfo.conninfo_to_dict(url).get("password") or ""]
+    except psycopg.Error:  # not a connection string libpq can read: only our own reading
+        found = []
+    found += [m.group(2) for m in _USERINFO_PASSWORD.finditer(url)]
+    if _URL_PREFIX.match(url):
+        found += [m.group(2) for m in _QUERY_PASSWORD.finditer(url)]
     else:
         values = _DSN_PASSWORD.findall(url)
-        found = [spelling for text in values for spelling in (text, *_unquote_dsn(text))]
+        found += [spelling for text in values for spelling in (text, *_unquote_dsn(text))]
     spellings = {text for text in found if text} | {unquote(text) for text in found if text}
     return sorted(spellings, key=len, reverse=True)
 

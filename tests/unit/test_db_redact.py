@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg.conninfo
 import pytest
 
 from civicband.db import passwords, redact
@@ -21,12 +22,39 @@ from civicband.db import passwords, redact
         ("host=db password='s p@ce' user=u", "host=db password=*** user=u"),
         ("host=db password = 'a \\'b c' user=u", "host=db password=*** user=u"),
         ("dbname=civicband", "dbname=civicband"),
+        # libpq's grammar, not urllib's: "#" and "?" are part of a URL's password.
+        ("postgresql://mirror:p#ss@db/civicband", "postgresql://mirror:***@db/civicband"),
+        ("postgresql://u:p?ss@db/x", "postgresql://u:***@db/x"),
+        ("postgres://u:p:w@db:5432/x", "postgres://u:***@db:5432/x"),
+        ("postgresql://db:5432/x", "postgresql://db:5432/x"),
+        ("postgresql://db/x?password=a#b&user=u", "postgresql://db/x?password=***&user=u"),
+        # A key=value string is not a URL for holding "://" somewhere.
+        ("host=db password=a://b user=u", "host=db password=*** user=u"),
+        ("dbname=postgresql://u:pw@h/db", "dbname=postgresql://u:***@h/db"),
+        # Not readable by libpq: still one line, and still no password.
+        ("postgresql://u:pw@[::1/x", "postgresql://u:***@[::1/x"),
     ],
 )
 def test_redact_hides_the_password_whole(url: str, shown: str) -> None:
     assert redact(url) == shown
     for password in passwords(url):
         assert password not in redact(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://mirror:p#ss@db/civicband",
+        "postgresql://u:p?ss@db/x",
+        "postgresql://u:pa%24%24@db/x",
+        "postgresql://db/x?user=u&password=a%26b",
+        "host=db password=a://b user=u",
+        "host=db password='s p@ce' user=u",
+    ],
+)
+def test_passwords_holds_the_one_libpq_reads(url: str) -> None:
+    """libpq's own parser is the judge of what the password is."""
+    assert psycopg.conninfo.conninfo_to_dict(url)["password"] in passwords(url)
 
 
 def test_passwords_knows_every_spelling() -> None:
