@@ -2,7 +2,9 @@
 
 When a transaction whose statements contain `marker` sends COMMIT, the proxy forwards it, reads
 the server's answer (so the commit has happened), and cuts the connection instead of passing
-that answer on, as a network cut at that instant would.
+that answer on, as a network cut at that instant would. With `then_cut`, the next client
+message after that holding `then_cut` is not forwarded either: the connection is cut before it
+(once), so the retry of the lost COMMIT fails half-way too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class Proxy:
         self.host, self.port, self.marker = host, port, marker
         self.armed = False
         self.dropped = 0
+        self.then_cut: bytes | None = None
+        self.cut = 0
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         threading.Thread(target=self._run, args=(ready,), daemon=True).start()
@@ -52,6 +56,9 @@ class Proxy:
         try:
             while data := await reader.read(65536):
                 seen.extend(data)
+                if self.dropped and not self.cut and self.then_cut and self.then_cut in data:
+                    self.cut += 1
+                    break
                 if self.armed and COMMIT in data and self.marker in seen:
                     self.armed = False
                     relay.cancel()

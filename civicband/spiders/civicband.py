@@ -268,6 +268,7 @@ class CivicbandSpider(StoreSpider):
         # them back: whether that claim committed is unknown, and a lease this session still
         # held would hide the jobs it took from the claim that retries it.
         taken: list[int] = []
+        retried: set[int] = set()  # every attempt's: any of them may be the one that committed
 
         async def release_taken() -> None:
             for job_id in taken:
@@ -275,7 +276,7 @@ class CivicbandSpider(StoreSpider):
             taken.clear()
 
         async def work(conn: Any) -> list[jobs.Claim]:
-            retried = set(taken)
+            retried.update(taken)
             await release_taken()
 
             async def lease(job_id: int) -> bool:
@@ -301,6 +302,9 @@ class CivicbandSpider(StoreSpider):
             self.crawler.stats.inc_value("civicband/db/errors")
             logger.error("Could not claim jobs: %s", error)
             return []
+        except BaseException:  # cancelled, or a bug: no lease may outlive the claim that took it
+            await release_taken()
+            raise
         if not claims:
             self._more = False
         requests: list[Request] = []

@@ -234,14 +234,19 @@ def test_three_processes_share_six_sites(database_url, source, tmp_path):
 
 
 @pytest.mark.datasette("ds10")  # the subject is PostgreSQL's answer, not the Datasette line
-def test_a_claim_whose_commit_answer_is_lost_still_runs_its_jobs(database_url, source):
+@pytest.mark.parametrize(
+    "then_cut", [None, b"pg_locks"], ids=["retried once", "its retry cut before leasing"]
+)
+def test_a_claim_whose_commit_answer_is_lost_still_runs_its_jobs(database_url, source, then_cut):
     site = source.create_site(agendas=30, minutes=20)
     register(database_url, site)
-    # The claim commits, its answer never comes: the retry must find those jobs again.
+    # The claim commits, its answer never comes: the retry must find those jobs again, even
+    # when that retry is cut too before it takes a lease and a third attempt finds them.
     url, proxy = proxied(database_url, b"lease_token = nextval")
+    proxy.then_cut = then_cut
     proxy.armed = True
     result = crawl(url, source, f"subdomain={site.subdomain}")
-    assert proxy.dropped == 1
+    assert (proxy.dropped, proxy.cut) == (1, int(then_cut is not None))
     assert result.returncode == 0, result
     assert result.stats["civicband/db/retries"] >= 1
     assert result.stats.get("civicband/jobs/taken_over", 0) == 0  # its own claim, retried
