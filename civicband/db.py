@@ -37,22 +37,27 @@ async def wrap_exceptions() -> AsyncIterator[None]:
 
 
 # The places libpq reads a password from, by its grammar (not urllib's): a URL's user:password@
-# (ending at the first "@" or "/": "#" and "?" belong to the password), a URL's ?password=
-# (to the next "&"), a key=value string's password= (quoted with \\ escapes, or to the next
-# space). The userinfo form is also looked for anywhere, as in a dbname=postgresql://... value.
+# (ending at the first "@" or "/": "#", "?" and "&" belong to the password), a URL's query
+# parameter whose percent-decoded name is password (to the next "&"), a key=value string's
+# password= (quoted, or to the next space; either with \\ escapes). The userinfo form is also
+# looked for anywhere, as in a dbname=postgresql://... value. Spaces are libpq's (isspace).
 _URL_PREFIX = re.compile(r"postgres(?:ql)?://")
-_USERINFO_PASSWORD = re.compile(r"(postgres(?:ql)?://[^@/:\s]*:)([^@/\s]*)(?=@)")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&]*)")
-_DSN_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+_USERINFO_PASSWORD = re.compile(r"(postgres(?:ql)?://[^@/:]*:)([^@/]*)(?=@)")
+_QUERY_PARAMETER = re.compile(r"([?&])([^&=]*)=([^&]*)")
+_SPACE = r" \t\n\v\f\r"
+_DSN_PASSWORD = re.compile(
+    rf"password[{_SPACE}]*=[{_SPACE}]*('(?:[^'\\]|\\.)*'|(?:\\.|[^{_SPACE}\\])+)"
+)
 
 
 def redact(url: str) -> str:
     """Show a database URL or key=value string without its password, for logs and errors."""
+    shown = _USERINFO_PASSWORD.sub(r"\1***", url)
     if _URL_PREFIX.match(url):
-        shown = _QUERY_PASSWORD.sub(r"\1***", url)
-    else:
-        shown = _DSN_PASSWORD.sub("password=***", url)
-    return _USERINFO_PASSWORD.sub(r"\1***", shown)
+        return _QUERY_PARAMETER.sub(
+            lambda m: f"{m[1]}{m[2]}=***" if unquote(m[2]) == "password" else m[0], shown
+        )
+    return _DSN_PASSWORD.sub("password=***", shown)
 
 
 def passwords(url: str) -> list[str]:
@@ -61,9 +66,9 @@ def passwords(url: str) -> list[str]:
         found = [psycopg.conninfo.conninfo_to_dict(url).get("password") or ""]
     except psycopg.Error:  # not a connection string libpq can read: only our own reading
         found = []
-    found += [m.group(2) for m in _USERINFO_PASSWORD.finditer(url)]
+    found += [m[2] for m in _USERINFO_PASSWORD.finditer(url)]
     if _URL_PREFIX.match(url):
-        found += [m.group(2) for m in _QUERY_PASSWORD.finditer(url)]
+        found += [m[3] for m in _QUERY_PARAMETER.finditer(url) if unquote(m[2]) == "password"]
     else:
         values = _DSN_PASSWORD.findall(url)
         found += [spelling for text in values for spelling in (text, *_unquote_dsn(text))]
@@ -72,10 +77,10 @@ def passwords(url: str) -> list[str]:
 
 
 def _unquote_dsn(text: str) -> tuple[str, ...]:
-    """A quoted key=value value ('with \\' escapes') as written inside the quotes, and as meant."""
+    """A key=value value as meant ('quoted', \\ escapes undone), and as written inside quotes."""
     if len(text) >= 2 and text[0] == text[-1] == "'":
         return text[1:-1], re.sub(r"\\(.)", r"\1", text[1:-1])
-    return ()
+    return (re.sub(r"\\(.)", r"\1", text),)
 
 
 def one_line(error: BaseException) -> str:

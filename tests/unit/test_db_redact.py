@@ -31,6 +31,13 @@ from civicband.db import passwords, redact
         # A key=value string is not a URL for holding "://" somewhere.
         ("host=db password=a://b user=u", "host=db password=*** user=u"),
         ("dbname=postgresql://u:pw@h/db", "dbname=postgresql://u:***@h/db"),
+        ("postgresql://u:x&password=y@h", "postgresql://u:***@h"),
+        ("postgresql://h/db?pass%77ord=secret", "postgresql://h/db?pass%77ord=***"),
+        ("postgresql://u:sec\tret@h", "postgresql://u:***@h"),
+        ("postgresql://us\ter:secret@h", "postgresql://us\ter:***@h"),
+        ("host=h password=a\\ b user=u", "host=h password=*** user=u"),
+        ("host=h password=abc\x1cdef user=u", "host=h password=*** user=u"),
+        ("host=h password=abc\xa0def user=u", "host=h password=*** user=u"),
         # Not readable by libpq: still one line, and still no password.
         ("postgresql://u:pw@[::1/x", "postgresql://u:***@[::1/x"),
     ],
@@ -50,11 +57,16 @@ def test_redact_hides_the_password_whole(url: str, shown: str) -> None:
         "postgresql://db/x?user=u&password=a%26b",
         "host=db password=a://b user=u",
         "host=db password='s p@ce' user=u",
+        "postgresql://h/db?%70assword=se%63ret",
+        "postgresql://u:sec\tret@h",
+        "host=h password=a\\ b user=u",
+        "host=h password=abc\x1cdef user=u",
     ],
 )
 def test_passwords_holds_the_one_libpq_reads(url: str) -> None:
     """libpq's own parser is the judge of what the password is."""
     assert psycopg.conninfo.conninfo_to_dict(url)["password"] in passwords(url)
+    assert not [spelling for spelling in passwords(url) if spelling in redact(url)]
 
 
 def test_passwords_knows_every_spelling() -> None:
