@@ -14,7 +14,7 @@ import psycopg
 
 from civicband import digest
 from civicband.db import query
-from civicband.rows import INVALID_ID, PageRows
+from civicband.rows import DUPLICATE_ID, INVALID_ID, PageRows
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ async def store_rows(
                         "raw": rejection.raw,
                         "job_id": job_id,
                         "content_fp": rejection.content_fp,
+                        "invalid_id": INVALID_ID,
                     }
                     for rejection in page.rejected
                 ],
@@ -150,7 +151,10 @@ async def local_digest(
     conn: psycopg.AsyncConnection, subdomain: str, document_type: str
 ) -> digest.Digest:
     """The mirror's digest of one (site, type): pages plus rejected rows."""
-    cursor = await conn.execute(query("local_digest"), _params(subdomain, document_type))
+    cursor = await conn.execute(
+        query("local_digest"),
+        {**_params(subdomain, document_type), "own_rows": [INVALID_ID, DUPLICATE_ID]},
+    )
     columns = [c.name for c in cursor.description or ()]
     return digest.read_digest(
         dict(zip(columns, row, strict=True)) for row in await cursor.fetchall()

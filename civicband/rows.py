@@ -13,6 +13,7 @@ from civicband.digest import content_fp
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_ID_LENGTH = 200
 INVALID_ID = "missing or invalid id"
+DUPLICATE_ID = "duplicate id within one page"
 TEXT_COLUMNS = ("meeting", "text", "page_image", "entities_json", "votes_json")
 PG_INTEGER = 2**31 - 1
 # Half of a UTF-16 surrogate pair on its own: JSON can carry it, UTF-8 (and PostgreSQL) cannot.
@@ -293,9 +294,7 @@ def clean_page(rows: list[Any], *, unicode_checked: bool = True) -> PageRows:
         if clean is not None and clean.id in seen:
             clean, rejection = (
                 None,
-                Rejection(
-                    clean.id, "duplicate id within one page", raw_text(row), clean.content_fp
-                ),
+                Rejection(clean.id, DUPLICATE_ID, raw_text(row), clean.content_fp),
             )
         if clean is None:
             assert rejection is not None

@@ -270,6 +270,8 @@ WITH older AS (
     DELETE FROM rejected_rows
      WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
        AND %(row_id)s::text IS NOT NULL AND row_id = %(row_id)s::text AND raw_md5 <> md5(%(raw)s)
+       -- an invalid id is shown escaped and cut: rows that read the same are still two rows
+       AND %(reason)s <> %(invalid_id)s AND reason <> %(invalid_id)s
 )
 INSERT INTO rejected_rows (subdomain, document_type, row_id, reason, raw, job_id, content_fp)
 VALUES (%(subdomain)s, %(document_type)s, %(row_id)s, %(reason)s, %(raw)s, %(job_id)s, %(content_fp)s)
@@ -317,9 +319,12 @@ WITH ids AS (
     UNION ALL
     SELECT r.row_id, r.content_fp FROM rejected_rows r
      WHERE r.subdomain = %(subdomain)s AND r.document_type = %(document_type)s
-       AND NOT EXISTS (SELECT 1 FROM meeting_pages p
-                        WHERE p.subdomain = r.subdomain AND p.document_type = r.document_type
-                          AND p.id = r.row_id)
+       -- A row beside a page of the same id is a source row of its own when it is the page's
+       -- twin or its invalid id only reads as the page's; else the page stands for that id.
+       AND (r.reason = ANY(%(own_rows)s::text[]) OR NOT EXISTS (
+            SELECT 1 FROM meeting_pages p
+             WHERE p.subdomain = r.subdomain AND p.document_type = r.document_type
+               AND p.id = r.row_id))
 ), classed AS (
     SELECT id, content_fp, coalesce(id ~ '^[0-9a-f]{12}$', false) AS hex FROM ids
 )

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from civicband import db, digest, mirror
-from civicband.rows import clean_page
+from civicband.rows import INVALID_ID, MAX_ID_LENGTH, clean_page
 from civicband.source import COLUMNS, LEGACY_COLUMNS
 from civicband.store import Store
 from tests.lookalike import data
@@ -154,3 +154,15 @@ def test_migration_fingerprints_equal_the_python_ones_for_text_without_nul(datab
                 ).fetchone()[0]
                 want = digest.content_fp({"page_image": page_image, "entities_json": entities})
                 assert got == want, (page_image, entities)
+
+
+def test_ids_that_read_the_same_once_cut_are_three_rows_on_both_sides(database_url, tmp_path):
+    generated = data.make_rows("agendas", 150, seed="cut", hostile=True)
+    valid = "v" * MAX_ID_LENGTH  # a page's id; the two longer ones are invalid, shown cut as it
+    for at, row_id in ((0, valid), (60, valid + "a"), (120, valid + "b")):
+        generated[at] = {**generated[at], "id": row_id}
+    local = mirror_digest(database_url, tmp_path, generated)
+    assert digest.differing(source_digest(generated, COLUMNS, split=False), local) == []
+    with psycopg.connect(database_url) as conn:
+        rejected = conn.execute("SELECT row_id, reason FROM rejected_rows").fetchall()
+    assert rejected == [(valid, INVALID_ID)] * 2

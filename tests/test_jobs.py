@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from civicband import db, jobs, mirror
-from civicband.rows import INVALID_ID, MAX_ID_LENGTH, clean_page
+from civicband.rows import DUPLICATE_ID, INVALID_ID, MAX_ID_LENGTH, clean_page
 from civicband.store import Store
 from civicband.verify import Verdict
 
@@ -419,6 +419,22 @@ def store_pages(url: str, tmp_path: Path, site: str, pages: list[Any]) -> list[m
     return run(scenario())
 
 
+def digest_total(url: str, tmp_path: Path, site: str) -> int:
+    """How many source rows the mirror's digest of a site's agendas says it holds."""
+
+    async def scenario() -> int:
+        store = await opened(url, tmp_path)
+        try:
+            found = await store.transact(
+                lambda conn: mirror.local_digest(conn, site, "agenda"), "digesting"
+            )
+        finally:
+            await store.close()
+        return sum(bucket.n for bucket in found.values())
+
+    return run(scenario())
+
+
 def test_a_page_holding_an_id_twice_keeps_the_row_it_stores(database_url, tmp_path):
     twin = {**ROW, "text": "Call to order, again"}  # the same id twice: the second is rejected
     page = clean_page([ROW, twin])
@@ -430,7 +446,8 @@ def test_a_page_holding_an_id_twice_keeps_the_row_it_stores(database_url, tmp_pa
         texts = [r[0] for r in conn.execute("SELECT text FROM meeting_pages")]
         rejected = conn.execute("SELECT row_id, reason FROM rejected_rows").fetchall()
     assert texts == [ROW["text"]]
-    assert rejected == [(ROW["id"], "duplicate id within one page")]
+    assert rejected == [(ROW["id"], DUPLICATE_ID)]
+    assert digest_total(database_url, tmp_path, "twice.ca") == 2  # the source's two rows
 
 
 def test_an_invalid_id_that_reads_as_a_valid_one_once_cut_touches_neither(database_url, tmp_path):
@@ -448,3 +465,4 @@ def test_an_invalid_id_that_reads_as_a_valid_one_once_cut_touches_neither(databa
         rejected = conn.execute("SELECT row_id, reason FROM rejected_rows").fetchall()
     assert ids == [valid["id"]]
     assert rejected == [(valid["id"], INVALID_ID)]
+    assert digest_total(database_url, tmp_path, "cut.ca") == 2
