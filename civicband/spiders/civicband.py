@@ -507,6 +507,9 @@ class CivicbandSpider(StoreSpider):
         """Why this page does not move the job forward (`next` repeats, ids go back), or ''."""
         if page.next is not None and page.next == cursor:
             return f"`next` does not advance ({page.next!r} again)"
+        if page.next is not None and not page.rows:
+            # Datasette's `next` is the last row's key: a page without rows has none to give.
+            return f"a page without rows says more follow (`next` {page.next!r})"
         ids = [r["id"] for r in page.rows if isinstance(r, dict) and isinstance(r.get("id"), str)]
         if ids and job.last_id is not None and min(ids) <= job.last_id:
             return f"ids do not increase ({min(ids)!r} after {job.last_id!r})"

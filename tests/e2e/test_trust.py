@@ -101,6 +101,26 @@ def test_a_next_that_does_not_advance_fails_the_job_instead_of_looping(database_
     assert len(page_requests(source)) == 2  # page 1, then page 2 once: no loop
 
 
+def test_empty_pages_with_a_fresh_next_fail_the_job_instead_of_looping(database_url, source):
+    site = known_site(database_url, source, agendas=100, minutes=0)
+    # After page 1, a token past the last id: pages without rows, each with a new `next`.
+    source.faults.add(
+        match="agendas\\.json(?!.*_next=)",
+        action="rewrite_next",
+        value="ffffffffffff,ffffffffffff",
+        times=1,
+    )
+    source.faults.add(match="_next=", action="rewrite_next", mode="advance", times=-1)
+    result = crawl(
+        database_url, source, f"subdomain={site.subdomain}", "document_type=agenda", "batch_size=20"
+    )
+    assert result.returncode == 1, result
+    (job,) = jobs(database_url, site.subdomain)
+    assert job["status"] == "failed"
+    assert "the source misbehaves: a page without rows says more follow" in job["last_error"]
+    assert len(page_requests(source)) == 2  # page 1, then one empty page: no loop
+
+
 def test_ids_that_go_back_fail_the_job(database_url, source):
     site = known_site(database_url, source, agendas=100, minutes=0)
     first = sorted(site.ids("agendas"))[19]

@@ -129,7 +129,8 @@ class Faults:
                     200 application/json.
       rewrite_next  the real answer with the JSON body's top-level `next` replaced:
                     `mode="repeat"` → the request's own `_next` (as Datasette decoded it; a
-                    page requested without `_next` is left alone), or `value=<token>` /
+                    page requested without `_next` is left alone), `mode="advance"` → that
+                    `_next` with "0" appended (a new token each time), or `value=<token>` /
                     `value=None`. A `next_url` key (0.65, 1.0 `_extra=next_url`) is rewritten
                     to match: null with next, else the URL with `_next` replaced.
       rewrite       the real answer with bytes `old` replaced by `new` (UTF-8; every

@@ -566,8 +566,9 @@ def check_fault(rule: dict[str, Any]) -> str | None:
         return f"bad match {rule['match']!r}: {exc}"
     if not isinstance(rule["times"], int):
         return "times must be an integer (-1 for ever)"
-    if action == "rewrite_next" and rule.get("mode") != "repeat" and "value" not in rule:
-        return 'rewrite_next needs mode "repeat" or a value (a token or null)'
+    modes = ("repeat", "advance")
+    if action == "rewrite_next" and rule.get("mode") not in modes and "value" not in rule:
+        return 'rewrite_next needs mode "repeat" or "advance", or a value (a token or null)'
     if action == "rewrite_next" and not isinstance(rule.get("value"), str | None):
         return "rewrite_next value must be a string or null"
     if action == "rewrite":
@@ -593,12 +594,13 @@ def rewrite_next(body: bytes, rule: dict[str, Any], scope: Scope) -> bytes:
         return body
     if not isinstance(doc, dict) or "next" not in doc:
         return body
-    if rule.get("mode") == "repeat":
+    if rule.get("mode") in ("repeat", "advance"):
         query = scope.get("query_string", b"").decode("latin-1")
         sent = parse_qs(query, keep_blank_values=True).get("_next")
         if not sent:
-            return body  # a first page has no token of its own to repeat
-        token = sent[0]
+            return body  # a first page has no token of its own to repeat or extend
+        # advance: a token never sent before, as a source that keeps moving on would give
+        token = sent[0] + "0" if rule["mode"] == "advance" else sent[0]
     else:
         token = rule["value"]
     doc["next"] = token

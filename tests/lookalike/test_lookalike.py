@@ -597,6 +597,9 @@ def test_fault_rewrite_next(source: Source) -> None:
         assert parse_qs(urlsplit(doc["next_url"]).query)["_next"] == [token]
     assert get_json(second_url)[1]["next"] == second["next"]  # used up
 
+    source.faults.add(match="_next=", action="rewrite_next", mode="advance")
+    assert get_json(second_url)[1]["next"] == token + "0"  # a token never sent before
+
     source.faults.add(match="agendas", action="rewrite_next", mode="repeat")
     assert get_json(base)[1]["next"] == token  # a first page has no token to repeat
 
@@ -617,7 +620,7 @@ def test_fault_rewrite_next(source: Source) -> None:
         assert doc["next_url"].startswith(f"{site.url}/meetings/agendas.json?")
         assert doc["next_url"].endswith("&_next=ab+c%2Cd")
     faults = [r["fault"] for r in source.requests()]
-    assert faults.count("rewrite_next") == 6 and source.faults.list()[-1]["times"] == 0
+    assert faults.count("rewrite_next") == 7 and source.faults.list()[-1]["times"] == 0
     with pytest.raises(ValueError, match="mode"):
         source.faults.add(match="agendas", action="rewrite_next")
     with pytest.raises(ValueError, match="unknown fault action"):
