@@ -441,18 +441,15 @@ async def known_subdomains(conn: psycopg.AsyncConnection, subdomains: list[str])
 
 async def source_facts(
     conn: psycopg.AsyncConnection, subdomains: list[str]
-) -> list[tuple[str, str | None, bool | None]]:
-    """What these sites have shown of themselves before: (site, Datasette line, legacy)."""
+) -> list[tuple[str, str]]:
+    """Which Datasette line these sites spoke before: (site, line), for those known."""
     cursor = await conn.execute(query("source_facts"), {"subdomains": subdomains})
-    return [(row[0], row[1], row[2]) for row in await cursor.fetchall()]
+    return [(row[0], row[1]) for row in await cursor.fetchall()]
 
 
-async def remember_source(
-    conn: psycopg.AsyncConnection, subdomain: str, dialect: str | None, legacy: bool | None
-) -> None:
-    """Keep what a site showed of itself for the next run."""
-    params = {"subdomain": subdomain, "dialect": dialect, "legacy": legacy}
-    await conn.execute(query("remember_source"), params)
+async def remember_source(conn: psycopg.AsyncConnection, subdomain: str, dialect: str) -> None:
+    """Keep which Datasette line a site speaks for the next run (one probe request less)."""
+    await conn.execute(query("remember_source"), {"subdomain": subdomain, "dialect": dialect})
 
 
 async def add_municipality(conn: psycopg.AsyncConnection, subdomain: str) -> bool:

@@ -82,38 +82,30 @@ class Source:
         self.slot = settings.get("CIVICBAND_DOWNLOAD_SLOT")
         self.url_limit = settings.getint("URLLENGTH_LIMIT") or 2083
         self.split_rows = settings.getint("CIVICBAND_DIGEST_SPLIT_ROWS")
-        # What each site has shown of itself: its Datasette line, its columns, its largest page.
+        # What each site has shown of itself: its Datasette line and its largest page. Not its
+        # columns: a site rebuilt since may have gained some (SQL asks for all of them first).
         self.dialects: dict[str, str] = {}
-        self.columns: dict[str, tuple[str, ...]] = {}
         self.page_limits: dict[str, int] = {}
-        self._known: dict[str, tuple[str | None, bool | None]] = {}
+        self._known: dict[str, str] = {}
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         """Every spider asks the same sites the same way."""
         return cls(crawler)
 
-    def recall(self, facts: list[tuple[str, str | None, bool | None]]) -> None:
-        """What the sites showed of themselves in earlier runs."""
-        for subdomain, dialect, legacy in facts:
-            self._known[subdomain] = (dialect, legacy)
-            if dialect is not None:
-                self.dialects.setdefault(subdomain, dialect)
-            if legacy is not None:
-                self.columns.setdefault(subdomain, LEGACY_COLUMNS if legacy else COLUMNS)
+    def recall(self, dialects: list[tuple[str, str]]) -> None:
+        """Which Datasette line the sites spoke in earlier runs."""
+        for subdomain, dialect in dialects:
+            self._known[subdomain] = dialect
+            self.dialects.setdefault(subdomain, dialect)
 
-    def learned(self) -> list[tuple[str, str | None, bool | None]]:
-        """What sites showed of themselves since last asked, to keep for the next run."""
+    def learned(self) -> list[tuple[str, str]]:
+        """Sites whose Datasette line was learned since last asked, to keep for the next run."""
         news = []
-        for subdomain in self.dialects.keys() | self.columns.keys():
-            columns = self.columns.get(subdomain)
-            fact = (
-                self.dialects.get(subdomain),
-                None if columns is None else columns == LEGACY_COLUMNS,
-            )
-            if self._known.get(subdomain) != fact:
-                self._known[subdomain] = fact
-                news.append((subdomain, *fact))
+        for subdomain, dialect in self.dialects.items():
+            if self._known.get(subdomain) != dialect:
+                self._known[subdomain] = dialect
+                news.append((subdomain, dialect))
         return news
 
     def root(self, subdomain: str) -> str:
@@ -148,11 +140,9 @@ class Source:
         size = min(size, self.page_limits.get(subdomain, MAX_PAGE_SIZE))
         return datasette.table_url(self.root(subdomain), document_type, size, cursor)
 
-    def learn(self, subdomain: str, body: bytes, rows: list[Any]) -> None:
-        """A table page shows which Datasette line its site speaks, and its columns."""
+    def learn(self, subdomain: str, body: bytes) -> None:
+        """A table page shows which Datasette line its site speaks."""
         self.dialects.setdefault(subdomain, datasette.dialect_of_body(body))
-        if rows and isinstance(rows[0], dict) and subdomain not in self.columns:
-            self.columns[subdomain] = COLUMNS if "votes_json" in rows[0] else LEGACY_COLUMNS
 
     # ---- SQL through the engine --------------------------------------------------------------
 
@@ -267,15 +257,16 @@ class Source:
         build: Callable[[tuple[str, ...]], tuple[str, dict[str, Any]]],
         **kw: Any,
     ) -> datasette.TablePage:
-        """Ask SQL that names the JSON columns; a site without them is asked without, once."""
-        columns = self.columns.get(subdomain, COLUMNS)
-        sql, params = build(columns)
+        """Ask SQL that names the JSON columns; a site without them is asked without them.
+
+        Never remembered: which columns a site has is a property of its latest rebuild, and a
+        site that gained columns must never be judged without them (SPEC §1).
+        """
+        sql, params = build(COLUMNS)
         try:
             return await self.sql(subdomain, sql, **kw, **params)
         except LacksColumn:
-            if columns == LEGACY_COLUMNS:
-                raise
-        self.columns[subdomain] = LEGACY_COLUMNS
+            self.stats.inc_value("civicband/source/legacy_answers")
         sql, params = build(LEGACY_COLUMNS)
         return await self.sql(subdomain, sql, **kw, **params)
 

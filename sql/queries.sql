@@ -375,13 +375,12 @@ SELECT subdomain FROM municipalities ORDER BY subdomain
 SELECT subdomain FROM municipalities WHERE subdomain = ANY(%(subdomains)s)
 
 -- name: source_facts
-SELECT subdomain, source_dialect, source_legacy FROM municipalities
- WHERE subdomain = ANY(%(subdomains)s)
+SELECT subdomain, source_dialect FROM municipalities
+ WHERE subdomain = ANY(%(subdomains)s) AND source_dialect IS NOT NULL
 
 -- name: remember_source
-UPDATE municipalities SET source_dialect = %(dialect)s, source_legacy = %(legacy)s
- WHERE subdomain = %(subdomain)s
-   AND (source_dialect, source_legacy) IS DISTINCT FROM (%(dialect)s, %(legacy)s)
+UPDATE municipalities SET source_dialect = %(dialect)s
+ WHERE subdomain = %(subdomain)s AND source_dialect IS DISTINCT FROM %(dialect)s
 
 -- name: ensure_municipality
 INSERT INTO municipalities (subdomain) VALUES (%(subdomain)s) ON CONFLICT (subdomain) DO NOTHING

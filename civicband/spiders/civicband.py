@@ -376,7 +376,7 @@ class CivicbandSpider(StoreSpider):
         if learned and not self.registry.database_down:
             asyncio.ensure_future(self._remember(learned))
 
-    async def _remember(self, learned: list[tuple[str, str | None, bool | None]]) -> None:
+    async def _remember(self, learned: list[tuple[str, str]]) -> None:
         async def work(conn: Any) -> None:
             for fact in learned:
                 await jobs.remember_source(conn, *fact)
@@ -486,7 +486,7 @@ class CivicbandSpider(StoreSpider):
         if problem:
             self._fail(job, f"the source misbehaves: {problem} at {response.url}")
             return
-        self.source.learn(job.subdomain, response.body, page.rows)
+        self.source.learn(job.subdomain, response.body)
         job.cursor = page.next
         if page.next is not None:
             yield self.page_request(job)
