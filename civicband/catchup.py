@@ -17,6 +17,7 @@ from typing import Any, Self
 
 from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem, NotConfigured
+from scrapy.statscollectors import StatsCollector
 
 from civicband import digest, jobs, mirror
 from civicband import signals as civicband_signals
@@ -72,19 +73,22 @@ def changed_since(
     """Refuse to act on listings that disagree with the digest: the site changed in between.
 
     Deleting what a listing lacks is safe only if the listing shows the site the digest showed
-    (a site caught mid-rebuild after its digest would lose present pages).
+    (a site caught mid-rebuild after its digest would lose present pages): each listed bucket's
+    count and id sums must be the digest's, not only its count.
     """
-    listed = dict.fromkeys(buckets, 0)
+    listed = {bucket: digest.Bucket() for bucket in buckets}
     for row_id in source_ids:
-        listed[row_id[:2]] = listed.get(row_id[:2], 0) + 1
+        hi, lo = digest.id_halves(row_id)
+        listed[row_id[:2]] = listed.get(row_id[:2], digest.Bucket()) + digest.Bucket(1, hi, lo)
     if other_rows is not None:
-        listed[OTHER] = len(other_rows)
+        listed[OTHER] = digest.Bucket(len(other_rows))
     for bucket in sorted(listed):
-        expected = source_digest.get(bucket, digest.Bucket()).n
-        if listed[bucket] != expected:
+        want = source_digest.get(bucket, digest.Bucket())
+        got = listed[bucket]
+        if (got.n, got.hi, got.lo) != (want.n, want.hi, want.lo):
             raise SourceError(
-                f"the source changed during the catch-up (bucket {bucket!r}: {expected} rows in"
-                f" its digest, {listed[bucket]} listed); nothing was deleted: run again",
+                f"the source changed during the catch-up (bucket {bucket!r}: {want.n} rows in"
+                f" its digest, {got.n} listed, or other ids); nothing was deleted: run again",
                 retryable=False,
             )
 
@@ -101,6 +105,24 @@ def shrink_refusal(
     )
 
 
+def warn_large_removal(
+    stats: StatsCollector, job: ActiveJob, *, removed: int, local: int, ratio: float
+) -> None:
+    """A removal within the shrink guard can still be most of a site: say so, never silently."""
+    if removed == 0 or removed <= ratio * local:
+        return
+    stats.inc_value("civicband/removals/large")
+    logger.warning(
+        "%s: removed %d of %d pages (%.0f %%) that the source no longer has, more than"
+        " CIVICBAND_REMOVAL_WARN_RATIO (%g): check the site if that is not expected",
+        job,
+        removed,
+        local,
+        100 * removed / local,
+        ratio,
+    )
+
+
 class CatchUp:
     """Run catch-ups of the jobs the spider claims in catch-up mode."""
 
@@ -108,6 +130,7 @@ class CatchUp:
         self.crawler = crawler
         self.stats = crawler.stats
         self.guard = crawler.settings.getfloat("CIVICBAND_SHRINK_GUARD")
+        self.warn_ratio = crawler.settings.getfloat("CIVICBAND_REMOVAL_WARN_RATIO")
         self.page_cap = MAX_PAGE_SIZE
         if not crawler.settings.get("CIVICBAND_SERVICE_SECRET"):  # public pages are capped
             self.page_cap = crawler.settings.getint("CIVICBAND_PUBLIC_PAGE_SIZE") or MAX_PAGE_SIZE
@@ -298,6 +321,7 @@ class CatchUp:
         )
         self.stats.inc_value("civicband/catchup/deleted", removed)
         self.stats.inc_value("civicband/rows/unrejected", unrejected)
+        warn_large_removal(self.stats, job, removed=removed, local=local, ratio=self.warn_ratio)
         logger.info(
             "%s catch-up: removed %d pages and %d rejections the source no longer has",
             job,

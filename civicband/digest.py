@@ -24,6 +24,7 @@ from typing import Any
 HEX_ID = re.compile(r"^[0-9a-f]{12}\Z")
 OTHER = "~"  # the bucket of every id that is not 12 lowercase hex digits (sorts after hex)
 HEX = "0123456789abcdef"
+HEX_BUCKETS = tuple(a + b for a in HEX for b in HEX)
 # Columns outside the id hash and their weights in a row's fingerprint: small, so that a
 # bucket's sum of fingerprints stays far inside SQLite's 64-bit integers.
 CONTENT_COLUMNS = (("page_image", 1), ("entities_json", 3), ("votes_json", 7))
@@ -246,6 +247,21 @@ def merge(parts: Iterable[Digest]) -> Digest:
 def count(digest: Digest) -> int:
     """Rows the digest covers."""
     return sum(bucket.n for bucket in digest.values())
+
+
+def seen_whole(source: Digest, seen: Digest) -> list[str]:
+    """Hex buckets whose every id a pass saw: its count and id sums equal the source's.
+
+    Only these prove that an id the pass did not see is gone (SPEC §3); the `~` bucket has no
+    id sums to prove anything with and is never among them.
+    """
+    empty = Bucket()
+
+    def ids(digest: Digest, bucket: str) -> tuple[int, int, int]:
+        value = digest.get(bucket, empty)
+        return value.n, value.hi, value.lo
+
+    return [bucket for bucket in HEX_BUCKETS if ids(source, bucket) == ids(seen, bucket)]
 
 
 def differing(source: Digest, local: Digest) -> list[str]:

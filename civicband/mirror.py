@@ -76,6 +76,7 @@ async def store_rows(
                         "raw": rejection.raw,
                         "job_id": job_id,
                         "content_fp": rejection.content_fp,
+                        "copies": rejection.copies,
                         "invalid_id": INVALID_ID,
                     }
                     for rejection in page.rejected
@@ -92,24 +93,48 @@ async def store_rows(
     return Stored(created, len(page.clean) - created, changed, unrejected, dropped)
 
 
-async def pass_counts(
+async def seen_digest(
     conn: psycopg.AsyncConnection, subdomain: str, document_type: str, job_id: int
+) -> digest.Digest:
+    """What a full pass saw, per hex bucket: counts and id sums, without fingerprints."""
+    cursor = await conn.execute(
+        query("seen_digest"),
+        {**_params(subdomain, document_type), "job_id": job_id, "invalid_id": INVALID_ID},
+    )
+    columns = [c.name for c in cursor.description or ()]
+    return digest.read_digest(
+        dict(zip(columns, row, strict=True)) for row in await cursor.fetchall()
+    )
+
+
+async def sweep_preview(
+    conn: psycopg.AsyncConnection,
+    subdomain: str,
+    document_type: str,
+    job_id: int,
+    buckets: list[str],
 ) -> tuple[int, int]:
-    """(pages here, pages this pass saw): what the shrink guard weighs before a sweep."""
-    row = await (
-        await conn.execute(
-            query("pass_counts"), {**_params(subdomain, document_type), "job_id": job_id}
-        )
-    ).fetchone()
+    """(pages here, pages a sweep of these buckets would remove): what the shrink guard weighs."""
+    params = {**_params(subdomain, document_type), "job_id": job_id, "buckets": buckets}
+    row = await (await conn.execute(query("sweep_preview"), params)).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 
 
 async def sweep(
-    conn: psycopg.AsyncConnection, subdomain: str, document_type: str, job_id: int
+    conn: psycopg.AsyncConnection,
+    subdomain: str,
+    document_type: str,
+    job_id: int,
+    buckets: list[str],
 ) -> tuple[int, int]:
-    """After a complete pass: remove pages and rejections it did not see; (pages, rejections)."""
-    params = {**_params(subdomain, document_type), "job_id": job_id}
+    """After a complete pass: remove what it did not see in these buckets; (pages, rejections)."""
+    params = {
+        **_params(subdomain, document_type),
+        "job_id": job_id,
+        "buckets": buckets,
+        "invalid_id": INVALID_ID,
+    }
     pages = (await conn.execute(query("sweep_unseen"), params)).rowcount
     rejections = (await conn.execute(query("sweep_rejections"), params)).rowcount
     await conn.execute(query("delete_orphan_documents"), _params(subdomain, document_type))

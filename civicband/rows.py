@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import re
@@ -47,6 +48,7 @@ class Rejection:
     reason: str
     raw: str
     content_fp: int = 0
+    copies: int = 1  # identical rows the source holds (NULL-id twins): one rejection, counted
 
     @property
     def page_id(self) -> str | None:
@@ -288,6 +290,7 @@ def clean_page(rows: list[Any], *, unicode_checked: bool = True) -> PageRows:
     """Split one API page into rows to store and rows to quarantine, ids unique within it."""
     page = PageRows()
     seen: set[str] = set()
+    twins: dict[str, int] = {}  # a rejection's raw text -> its place in page.rejected
     for row in rows:
         clean, rejection, removed = clean_row(row, unicode_checked=unicode_checked)
         page.nul_removed += removed
@@ -298,7 +301,13 @@ def clean_page(rows: list[Any], *, unicode_checked: bool = True) -> PageRows:
             )
         if clean is None:
             assert rejection is not None
-            page.rejected.append(rejection)
+            twin = twins.get(rejection.raw)
+            if twin is None:
+                twins[rejection.raw] = len(page.rejected)
+                page.rejected.append(rejection)
+            else:  # the same raw row again: one rejection that says how many copies there are
+                again = page.rejected[twin]
+                page.rejected[twin] = dataclasses.replace(again, copies=again.copies + 1)
             continue
         seen.add(clean.id)
         page.clean.append(clean)

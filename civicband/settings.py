@@ -34,6 +34,8 @@ CIVICBAND_VERIFY_MAX_MISSING_ROWS = 100
 CIVICBAND_MAX_ACTIVE_JOBS = 8
 # A (site, type) whose source holds fewer than this share of the mirror's rows is not swept.
 CIVICBAND_SHRINK_GUARD = 0.5
+# A removal of more than this share of a (site, type)'s pages, within the guard, is warned about.
+CIVICBAND_REMOVAL_WARN_RATIO = 0.1
 CIVICBAND_PROGRESS_INTERVAL = 60.0
 # Tables the mirror holds more rows of than this have their digest taken in 16 id ranges: the
 # fingerprint reads every row, about 21 us a row from a cold disk (bench/digest.py), so one

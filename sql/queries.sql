@@ -273,51 +273,77 @@ WITH older AS (
        -- an invalid id is shown escaped and cut: rows that read the same are still two rows
        AND %(reason)s <> %(invalid_id)s AND reason <> %(invalid_id)s
 )
-INSERT INTO rejected_rows (subdomain, document_type, row_id, reason, raw, job_id, content_fp)
-VALUES (%(subdomain)s, %(document_type)s, %(row_id)s, %(reason)s, %(raw)s, %(job_id)s, %(content_fp)s)
+INSERT INTO rejected_rows (subdomain, document_type, row_id, reason, raw, job_id, content_fp,
+                           copies)
+VALUES (%(subdomain)s, %(document_type)s, %(row_id)s, %(reason)s, %(raw)s, %(job_id)s,
+        %(content_fp)s, %(copies)s)
 ON CONFLICT (subdomain, document_type, raw_md5) DO UPDATE
    SET reason = EXCLUDED.reason, row_id = EXCLUDED.row_id, job_id = EXCLUDED.job_id,
-       content_fp = EXCLUDED.content_fp, modified = now()
+       content_fp = EXCLUDED.content_fp, copies = EXCLUDED.copies, modified = now()
 
 -- name: remember_seen
 -- The ids this pass has seen, for the sweep when the pass ends.
 INSERT INTO job_seen_ids (job_id, id) SELECT %(job_id)s, id FROM civicband_staging
 ON CONFLICT DO NOTHING
 
--- name: pass_counts
--- What the shrink guard weighs: pages here, and pages this pass saw.
+-- name: seen_digest
+-- What a full pass saw, per hex bucket, summed as the source's digest sums ids: the ids it
+-- stored and the rejections it met again. A bucket whose sums equal the source's was seen whole.
+WITH ids AS (
+    SELECT id FROM job_seen_ids WHERE job_id = %(job_id)s
+    UNION ALL
+    SELECT row_id FROM rejected_rows
+     WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+       AND job_id = %(job_id)s AND reason <> %(invalid_id)s
+)
+SELECT substr(id, 1, 2) AS bucket, count(*) AS n,
+       sum(('x' || substr(id, 1, 6))::bit(24)::int) AS hi,
+       sum(('x' || substr(id, 7, 6))::bit(24)::int) AS lo
+FROM ids WHERE id ~ '^[0-9a-f]{12}$' GROUP BY 1
+
+-- name: sweep_preview
+-- What the shrink guard weighs: pages here, and those a sweep of these buckets would remove.
 SELECT (SELECT count(*) FROM meeting_pages
          WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s) AS local,
-       (SELECT count(*) FROM job_seen_ids WHERE job_id = %(job_id)s) AS seen
+       (SELECT count(*) FROM meeting_pages p
+         WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
+           AND p.id ~ '^[0-9a-f]{12}$' AND substr(p.id, 1, 2) = ANY(%(buckets)s::text[])
+           AND NOT EXISTS (SELECT 1 FROM job_seen_ids s
+                            WHERE s.job_id = %(job_id)s AND s.id = p.id)) AS unseen
 
 -- name: sweep_unseen
--- After a complete pass: pages the source no longer has (sites are rebuilt from scratch).
+-- After a complete pass: pages of the buckets it saw whole that it did not see (sites are
+-- rebuilt from scratch). A bucket it saw short keeps every page: that proves no absence.
 DELETE FROM meeting_pages p
 WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
+  AND p.id ~ '^[0-9a-f]{12}$' AND substr(p.id, 1, 2) = ANY(%(buckets)s::text[])
   AND NOT EXISTS (SELECT 1 FROM job_seen_ids s WHERE s.job_id = %(job_id)s AND s.id = p.id)
 
 -- name: sweep_rejections
--- After a complete pass: rejections the pass did not meet again (their rows are gone).
+-- After a complete pass: rejections of the buckets it saw whole that it did not meet again.
+-- A row rejected for its id is of the `~` bucket at the source, which a pass never proves.
 DELETE FROM rejected_rows
 WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
-  AND job_id IS DISTINCT FROM %(job_id)s
+  AND job_id IS DISTINCT FROM %(job_id)s AND reason <> %(invalid_id)s
+  AND row_id ~ '^[0-9a-f]{12}$' AND substr(row_id, 1, 2) = ANY(%(buckets)s::text[])
 
 -- name: forget_seen
 DELETE FROM job_seen_ids WHERE job_id = %(job_id)s
 
 -- name: local_counts
+-- Rejected rows count every identical copy the source holds (NULL-id twins are one rejection).
 SELECT (SELECT count(*) FROM meeting_pages
         WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s) AS actual,
-       (SELECT count(*) FROM rejected_rows
+       (SELECT coalesce(sum(copies), 0) FROM rejected_rows
         WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s) AS rejected
 
 -- name: local_digest
 -- The mirror's side of civicband/digest.py: pages plus rejected rows, per id bucket.
 WITH ids AS (
-    SELECT id, content_fp FROM meeting_pages
+    SELECT id, content_fp, 1 AS copies FROM meeting_pages
      WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
     UNION ALL
-    SELECT r.row_id, r.content_fp FROM rejected_rows r
+    SELECT r.row_id, r.content_fp, r.copies FROM rejected_rows r
      WHERE r.subdomain = %(subdomain)s AND r.document_type = %(document_type)s
        -- A row beside a page of the same id is a source row of its own when it is the page's
        -- twin or its invalid id only reads as the page's; else the page stands for that id.
@@ -326,12 +352,12 @@ WITH ids AS (
              WHERE p.subdomain = r.subdomain AND p.document_type = r.document_type
                AND p.id = r.row_id))
 ), classed AS (
-    SELECT id, content_fp, coalesce(id ~ '^[0-9a-f]{12}$', false) AS hex FROM ids
+    SELECT id, content_fp, copies, coalesce(id ~ '^[0-9a-f]{12}$', false) AS hex FROM ids
 )
-SELECT CASE WHEN hex THEN substr(id, 1, 2) ELSE '~' END AS bucket, count(*) AS n,
-       coalesce(sum(('x' || substr(id, 1, 6))::bit(24)::int) FILTER (WHERE hex), 0) AS hi,
-       coalesce(sum(('x' || substr(id, 7, 6))::bit(24)::int) FILTER (WHERE hex), 0) AS lo,
-       coalesce(sum(content_fp), 0)::bigint AS fp
+SELECT CASE WHEN hex THEN substr(id, 1, 2) ELSE '~' END AS bucket, sum(copies) AS n,
+       coalesce(sum(copies * ('x' || substr(id, 1, 6))::bit(24)::int) FILTER (WHERE hex), 0) AS hi,
+       coalesce(sum(copies * ('x' || substr(id, 7, 6))::bit(24)::int) FILTER (WHERE hex), 0) AS lo,
+       coalesce(sum(copies * content_fp), 0)::bigint AS fp
 FROM classed GROUP BY 1
 
 -- name: local_listing

@@ -12,9 +12,8 @@ CREATE TABLE municipalities (
     last_updated text,
     created    timestamptz NOT NULL DEFAULT now(),
     modified   timestamptz NOT NULL DEFAULT now(),
-    -- what the site has shown of itself: its Datasette line, and whether it lacks JSON columns
-    source_dialect text,
-    source_legacy  boolean
+    -- which Datasette line the site speaks (its columns are learned from every answer)
+    source_dialect text
 );
 
 CREATE TABLE meeting_documents (
@@ -109,6 +108,8 @@ CREATE TABLE rejected_rows (
     created       timestamptz NOT NULL DEFAULT now(),
     modified      timestamptz NOT NULL DEFAULT now(),
     content_fp    bigint NOT NULL DEFAULT 0,
+    -- identical rows the source holds (NULL-id twins): one rejection that counts them all
+    copies        integer NOT NULL DEFAULT 1 CHECK (copies >= 1),
     -- the same bad row met again (a re-crawl) is one rejection, not two
     UNIQUE (subdomain, document_type, raw_md5)
 );

@@ -16,7 +16,7 @@ from scrapy.exceptions import DropItem, NotConfigured
 
 from civicband import db, digest, jobs, mirror
 from civicband import signals as civicband_signals
-from civicband.catchup import other_difference, shrink_refusal
+from civicband.catchup import other_difference, shrink_refusal, warn_large_removal
 from civicband.datasette import SourceError
 from civicband.digest import OTHER, Difference
 from civicband.pipelines import guarded_write
@@ -39,6 +39,7 @@ class Verify:
         self.max_rows = settings.getint("CIVICBAND_VERIFY_MAX_MISSING_ROWS")
         self.max_ratio = settings.getfloat("CIVICBAND_VERIFY_MAX_MISSING_RATIO")
         self.guard = settings.getfloat("CIVICBAND_SHRINK_GUARD")
+        self.warn_ratio = settings.getfloat("CIVICBAND_REMOVAL_WARN_RATIO")
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -152,42 +153,40 @@ class Verify:
     async def _sweep(
         self, job: ActiveJob, registry: Registry, source_digest: digest.Digest | None
     ) -> Verdict | None:
-        """A complete pass removes what it did not see, unless the source shrank past the guard."""
+        """A complete pass removes what it did not see, only where it saw a bucket whole.
+
+        A bucket whose ids the pass saw exactly as the source's digest counts and sums them
+        proves every other id there gone; a bucket it saw short (a `next` that ended early, a
+        rebuild under way) proves nothing, and keeps every page. The shrink guard still holds.
+        """
         if source_digest is None:
-            return None  # no count to weigh the sweep against: keep everything
+            return None  # no digest to weigh the sweep against: keep everything
         store, site, kind = self._store, job.subdomain, job.document_type
         source_count = digest.count(source_digest)
 
-        async def work(conn: Any) -> tuple[str, int, int]:
-            """(refusal, local, unseen) when the guard holds; ("", removed, unrejected) else."""
-            # The guard is weighed in the transaction that deletes, and the seen ids stay until
-            # the verdict is recorded: a retried commit or a resumed job sweeps again to the
-            # same effect, never against an empty list of what the pass saw.
-            local, seen = await mirror.pass_counts(conn, site, kind, job.job_id)
-            unseen = local - seen
-            shrunk = source_count < self.guard * local or seen < self.guard * local
-            if unseen > 0 and shrunk and not job.allow_shrink:
+        async def work(conn: Any) -> tuple[str, int, int, int]:
+            """(refusal, local, unseen, 0) if the guard holds; ("", local, removed, unrejected)."""
+            # Weighed in the transaction that deletes, and the seen ids stay until the verdict is
+            # recorded: a retried commit or a resumed job sweeps again to the same effect.
+            whole = digest.seen_whole(
+                source_digest, await mirror.seen_digest(conn, site, kind, job.job_id)
+            )
+            local, unseen = await mirror.sweep_preview(conn, site, kind, job.job_id, whole)
+            if unseen > 0 and source_count < self.guard * local and not job.allow_shrink:
                 refusal = shrink_refusal(
-                    site,
-                    kind,
-                    removing=unseen,
-                    local=local,
-                    source=min(seen, source_count),
-                    guard=self.guard,
+                    site, kind, removing=unseen, local=local, source=source_count, guard=self.guard
                 )
-                return refusal, local, unseen
-            removed, unrejected = await mirror.sweep(conn, site, kind, job.job_id)
+                return refusal, local, unseen, 0
+            removed, unrejected = await mirror.sweep(conn, site, kind, job.job_id, whole)
             await jobs.count(conn, job.lease, removed=removed)
-            return "", removed, unrejected
+            return "", local, removed, unrejected
 
-        refusal, *counts = await guarded_write(
+        refusal, local, removed, unrejected = await guarded_write(
             registry, job, "sweeping vanished pages", store.transact(work, f"sweeping {site}")
         )
         if refusal:
             self.stats.inc_value("civicband/shrink/refused")
-            local, unseen = counts
-            return Verdict("failed", source_count, local, 0, None, unseen, None, refusal)
-        removed, unrejected = counts
+            return Verdict("failed", source_count, local, 0, None, removed, None, refusal)
         if removed or unrejected:
             self.stats.inc_value("civicband/verify/removed", removed)
             self.stats.inc_value("civicband/rows/unrejected", unrejected)
@@ -197,6 +196,7 @@ class Verify:
                 removed,
                 unrejected,
             )
+        warn_large_removal(self.stats, job, removed=removed, local=local, ratio=self.warn_ratio)
         return None
 
     async def _list(self, job: ActiveJob, registry: Registry, differ: list[str]) -> Difference:

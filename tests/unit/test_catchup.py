@@ -171,10 +171,22 @@ def test_a_full_pass_is_chosen_only_when_it_takes_fewer_requests(
     assert catchup._cheaper_to_page(source, "site", fetch, 10_000) is cheaper
 
 
+def id_bucket(*ids: str) -> Bucket:
+    """A bucket's count and id sums, as the source's digest gives them."""
+    return Bucket(len(ids), sum(int(i[:6], 16) for i in ids), sum(int(i[6:], 16) for i in ids))
+
+
 def test_listings_that_disagree_with_the_digest_stop_the_catch_up():
-    source_digest = {"ab": Bucket(n=2), "cd": Bucket(n=1), OTHER: Bucket(n=1)}
+    source_digest = {
+        "ab": id_bucket("ab0000000001", "ab0000000002"),
+        "cd": id_bucket("cd0000000001"),
+        OTHER: Bucket(n=1),
+    }
     ids = {"ab0000000001": 1, "ab0000000002": 2, "cd0000000001": 3}
     changed_since(source_digest, ["ab", "cd"], ids, [row("X")])  # the same site: no error
+    # As many ids as the digest counts, but not the same ones: the site was rebuilt meanwhile.
+    with pytest.raises(SourceError, match=r"bucket 'ab': 2 rows in its digest, 2 listed"):
+        changed_since(source_digest, ["ab"], {"ab0000000001": 1, "ab0000000003": 2}, None)
     with pytest.raises(SourceError, match=r"bucket 'cd': 1 rows in its digest, 0 listed"):
         changed_since(source_digest, ["ab", "cd"], {k: v for k, v in ids.items() if k < "c"}, None)
     with pytest.raises(SourceError, match=r"bucket '~': 1 rows in its digest, 0 listed"):

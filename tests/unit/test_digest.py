@@ -35,6 +35,7 @@ from civicband.digest import (
     other_rows_sql,
     read_digest,
     rows_by_id_sql,
+    seen_whole,
     text_fp,
 )
 from civicband.source import MAX_SPLIT_DEPTH
@@ -541,3 +542,19 @@ def test_the_longest_digest_url_fits_urllength_limit_as_scrapy_sends_it(depth):
         url = sql_url(root, dialect, sql, **params)
         assert Request(url).url == url  # Scrapy sends it as built: the length check holds
         assert len(url) <= 2083, len(url)
+
+
+def test_a_bucket_is_seen_whole_only_when_its_ids_are_the_sources():
+    def ids(*values: str) -> Bucket:
+        return Bucket(
+            len(values), sum(int(v[:6], 16) for v in values), sum(int(v[6:], 16) for v in values)
+        )
+
+    source = {"ab": ids("ab0000000001", "ab0000000002"), "cd": ids("cd0000000001"), "~": Bucket(3)}
+    seen = {"ab": ids("ab0000000001", "ab0000000003"), "cd": ids("cd0000000001"), "~": Bucket(3)}
+    whole = seen_whole(source, seen)
+    assert "cd" in whole and "00" in whole  # the same ids; no ids on either side
+    assert "ab" not in whole  # as many ids, other ones: the pass saw another site
+    assert "~" not in whole  # no id sums there: a count proves nothing
+    assert "ab" not in seen_whole(source, {"ab": ids("ab0000000001")})  # seen short
+    assert len(whole) == 255
