@@ -34,8 +34,16 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-async def opened(url: str, tmp_path: Path) -> Store:
-    store = Store(url, tmp_path / ".civicband", pool_size=4, timeout=5, retries=1)
+async def opened(url: str, tmp_path: Path, *, check_interval: float = 3600) -> Store:
+    """A process's store; by default one that does not notice its lease connection die."""
+    store = Store(
+        url,
+        tmp_path / ".civicband",
+        pool_size=4,
+        timeout=5,
+        retries=1,
+        check_interval=check_interval,
+    )
     await store.open()
     return store
 
