@@ -13,8 +13,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from scrapy.signalmanager import SignalManager
 
 from civicband import db, jobs, mirror
+from civicband import signals as civicband_signals
 from civicband.rows import DUPLICATE_ID, INVALID_ID, MAX_ID_LENGTH, clean_page
 from civicband.store import Store
 from civicband.verify import Verdict
@@ -477,6 +479,16 @@ def test_an_invalid_id_that_reads_as_a_valid_one_once_cut_touches_neither(databa
     assert digest_total(database_url, tmp_path, "cut.ca") == 2
 
 
+def cut_lease_connection(url: str, store: Store) -> None:
+    """Terminate a store's lease connection and wait until its backend, and its locks, are gone."""
+    assert store.lease is not None
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_terminate_backend(%s, 10000)", [store.lease.info.backend_pid]
+        ).fetchone()
+    assert row == (True,)
+
+
 class Interleaved:
     """A connection on which `meanwhile` runs once, after enqueue observed the jobs and before
     it decides about them: what another process can do in between."""
@@ -533,8 +545,7 @@ def test_a_decision_about_an_abandoned_job_changes_nothing_if_it_moved_since(
             await queue_agenda(sibling, "default")
             (first,) = await claim(holder, run_id)
             assert await write_page(holder, first.lease, None, "c1")
-            assert holder.lease is not None
-            await holder.lease.close()  # cut: the job looks abandoned now
+            cut_lease_connection(database_url, holder)  # the job looks abandoned now
             token = first.lease.token
 
             async def claimed() -> None:
@@ -561,3 +572,42 @@ def test_a_decision_about_an_abandoned_job_changes_nothing_if_it_moved_since(
     with psycopg.connect(database_url) as conn:
         (count,) = conn.execute("SELECT count(*) FROM backfill_jobs").fetchone() or (0,)
     assert count == 1
+
+
+def test_a_renewed_lease_whose_job_was_claimed_meanwhile_is_reported_moved(database_url, tmp_path):
+    """The holder's lock comes back, but its job is another process's now: its token says so."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[int], list[int], int, int]:
+        renewals: list[dict[str, Any]] = []
+        holder = await opened(database_url, tmp_path)
+        holder.signals = SignalManager()
+
+        def renewed(lost: list[int], kept: list[int]) -> None:
+            renewals.append({"lost": lost, "kept": kept})
+
+        holder.signals.connect(renewed, signal=civicband_signals.leases_renewed)  # held weakly
+        sibling = await opened(database_url, tmp_path)
+        try:
+            run_id, _ = await queue_agenda(holder, "default")
+            await queue_agenda(sibling, "default")
+            (mine,) = await claim(holder, run_id)
+            cut_lease_connection(database_url, holder)
+            (second,) = await claim(sibling, run_id)  # taken over, then let go
+            await sibling.release(second.lease.job_id)
+            await holder.renew()
+            moved = await holder.transact(
+                lambda conn: jobs.moved_leases(conn, [mine.lease]), "checking"
+            )
+            ours = await sibling.transact(
+                lambda conn: jobs.moved_leases(conn, [second.lease]), "checking"
+            )
+            return renewals, moved, ours, mine.lease.job_id, len(holder.leased)
+        finally:
+            await holder.close()
+            await sibling.close()
+
+    renewals, moved, ours, job_id, leased = run(scenario())
+    assert renewals == [{"lost": [], "kept": [job_id]}]  # the lock came back...
+    assert leased == 1
+    assert moved == [job_id]  # ...but the token is the sibling's: the registry stops the job
+    assert ours == []
