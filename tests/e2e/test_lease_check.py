@@ -5,6 +5,7 @@ another session meanwhile, the job stops at once and records nothing more.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -14,7 +15,9 @@ from civicband.store import LEASE_CLASS
 from tests.e2e.crawl import (
     Background,
     assert_mirror_equals_source,
+    committed,
     crawl,
+    fetch,
     jobs,
     page_requests,
     register,
@@ -48,21 +51,38 @@ def held_at_second_page(database_url: str, source: Any, tmp_path: Any) -> tuple[
         log=tmp_path / "first.log",
     )
     wait_for(lambda: len(held(source)) == 1, what="the second page to be held")
+    wait_for(lambda: committed(database_url, site.subdomain) == 1, what="the first page stored")
     return site, first
 
 
-def cut_lease_connection(conn: psycopg.Connection, crawl_pid: int, *, then_take: int = 0) -> None:
-    """Terminate the crawl's lease connection and wait until it is gone (its locks with it);
-    with `then_take`, this session takes that job's lease in the same statement."""
-    row = conn.execute(
-        "SELECT pg_terminate_backend(pid, 10000) AS gone,"
-        " %(job)s = 0 OR pg_try_advisory_lock(%(class)s, %(job)s::integer) AS taken"
-        " FROM pg_stat_activity"
+def cut_lease_connection(database_url: str, crawl_pid: int) -> None:
+    """Terminate the crawl's lease connection and wait until it is gone, and its locks with it."""
+    killed = fetch(
+        database_url,
+        "SELECT pg_terminate_backend(pid, 10000) AS gone FROM pg_stat_activity"
         " WHERE datname = current_database() AND application_name LIKE 'civicband lease %%'"
-        " AND application_name LIKE %(who)s",
-        {"job": then_take, "class": LEASE_CLASS, "who": f"%:{crawl_pid}"},
-    ).fetchone()
-    assert row == (True, True), row
+        " AND application_name LIKE %s",
+        [f"%:{crawl_pid}"],
+    )
+    assert [row["gone"] for row in killed] == [True], killed
+
+
+def take_lease_as_it_is_cut(
+    taker: psycopg.Connection, database_url: str, pid: int, job: int
+) -> None:
+    """Queue for the job's lease, then cut its holder's connection: PostgreSQL hands the lock to
+    the queued session as the holder's backend exits, before the holder can reconnect."""
+    waiting = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    waiting += " AND classid::bigint = %s AND objid::bigint = %s"
+    with ThreadPoolExecutor(1) as pool:
+        taken = pool.submit(
+            taker.execute, "SELECT pg_advisory_lock(%s, %s::integer)", [LEASE_CLASS, job]
+        )
+        wait_for(
+            lambda: fetch(database_url, waiting, [LEASE_CLASS, job]), what="the taker to queue"
+        )
+        cut_lease_connection(database_url, pid)
+        taken.result(timeout=30)
 
 
 @pytest.mark.datasette("ds10")
@@ -72,8 +92,7 @@ def test_a_lease_connection_cut_while_idle_is_taken_back_and_no_other_run_takes_
     site, first = held_at_second_page(database_url, source, tmp_path)
     try:
         (before,) = jobs(database_url, site.subdomain)
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            cut_lease_connection(conn, first.process.pid)
+        cut_lease_connection(database_url, first.process.pid)
         wait_for(lambda: RENEWED in first.output(), timeout=30, what="the lease taken back")
         second = crawl(database_url, source, f"subdomain={site.subdomain}", *ARGS, "resume=true")
         assert second.returncode == 0, second
@@ -109,8 +128,9 @@ def test_a_lease_taken_while_its_connection_was_cut_stops_the_job_before_its_nex
     try:
         (before,) = jobs(database_url, site.subdomain)
         with psycopg.connect(database_url, autocommit=True) as taker:
-            cut_lease_connection(taker, first.process.pid, then_take=before["id"])
+            take_lease_as_it_is_cut(taker, database_url, first.process.pid, before["id"])
             wait_for(lambda: LOST in first.output(), timeout=30, what="the job to stop")
+            (stopped,) = jobs(database_url, site.subdomain)
             # Noticed by the check, not by a write: the second page is still on its way.
             assert len(held(source)) == 1
             source.faults.clear()
@@ -125,4 +145,5 @@ def test_a_lease_taken_while_its_connection_was_cut_stops_the_job_before_its_nex
     assert "civicband/jobs/failed" not in first.stats
     assert "civicband/jobs/paused" not in first.stats
     assert len([r for r in page_requests(source) if r["status"] == 200]) == 2
-    assert after == before, "the stopped holder recorded something more"
+    assert after == stopped == before, "the stopped holder recorded something more"
+    assert (after["pages_fetched"], after["batches_committed"]) == (20, 1)
