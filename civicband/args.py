@@ -57,6 +57,7 @@ NUMBER_SETTINGS: dict[str, tuple[type, float, float | None]] = {
     "CIVICBAND_DB_POOL_SIZE": (int, 1, None),
     "CIVICBAND_DB_RETRIES": (int, 0, None),
     "CIVICBAND_DB_TIMEOUT": (float, 0.1, None),
+    "CIVICBAND_LEASE_CHECK_INTERVAL": (float, 0.1, None),
     "CIVICBAND_MAX_ACTIVE_JOBS": (int, 1, None),
     "CIVICBAND_DIGEST_SPLIT_ROWS": (int, 0, None),
     "CIVICBAND_PROGRESS_INTERVAL": (float, 0, None),

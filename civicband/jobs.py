@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -98,6 +98,45 @@ class Queued:
     skipped: list[tuple[str, str, int]] = field(default_factory=list)  # (site, type, job id)
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What `enqueue` decided about another process's job, and the token it saw it under."""
+
+    subdomain: str
+    document_type: str
+    job_id: int
+    token: int | None
+    mode: str  # the mode it continues in, or its replacement's
+    recrawl: bool = False  # its pass starts anew (a failed verification)
+    taken_over: bool = False  # it was running, its holder gone
+
+
+async def _decide(
+    conn: psycopg.AsyncConnection,
+    name: str,
+    decisions: list[Decision],
+    params: dict[str, Any],
+    queued: Queued,
+) -> list[Decision]:
+    """Decide only about jobs still as seen: one claimed or held again meanwhile is skipped."""
+    rows = await (
+        await conn.execute(
+            query(name),
+            {
+                **params,
+                "job_ids": [x.job_id for x in decisions],
+                "tokens": [x.token for x in decisions],
+                "class": LEASE_CLASS,
+            },
+        )
+    ).fetchall()
+    done = {int(row[0]) for row in rows}
+    for x in decisions:
+        if x.job_id not in done:
+            queued.skipped.append((x.subdomain, x.document_type, x.job_id))
+    return [x for x in decisions if x.job_id in done]
+
+
 async def open_run(
     conn: psycopg.AsyncConnection, arguments: RunArguments, hold: Callable[[int], Awaitable[None]]
 ) -> tuple[int, bool]:
@@ -156,7 +195,8 @@ async def enqueue(
     For each (site, type): nothing if this run has it already; skipped if another live run
     or process holds it; an abandoned job is continued (resume) or marked failed and replaced;
     a failed or paused one is continued with resume (a failed verification is fetched again);
-    otherwise a new job is queued.
+    otherwise a new job is queued. What is decided about another process's job applies only
+    if it is still as seen: not claimed since (its token) and its lease not held again.
     """
     queued = Queued()
     if not wanted:
@@ -173,9 +213,9 @@ async def enqueue(
             },
         )
     ).fetchall()
-    new: list[tuple[str, str, str]] = []
-    reopen: list[tuple[int, str, bool]] = []
-    abandoned: list[int] = []
+    new: list[tuple[str, str, str, int | None]] = []  # (site, type, mode, the job it replaces)
+    reopen: list[Decision] = []
+    abandoned: list[Decision] = []
     for row in rows:
         site, kind, job_id, status = (
             row["subdomain"],
@@ -185,7 +225,7 @@ async def enqueue(
         )
         fresh = _new_mode(mode, row["has_pass"])
         if job_id is None:
-            new.append((site, kind, fresh))
+            new.append((site, kind, fresh, None))
             continue
         if row["run_id"] == run_id:
             continue  # this run has it already (another process queued it)
@@ -194,48 +234,48 @@ async def enqueue(
         if held or queued_live:
             queued.skipped.append((site, kind, job_id))
             continue
+        seen = Decision(site, kind, job_id, row["lease_token"], fresh)
         if status in ("pending", "running"):  # abandoned: its process, or its whole run, died
             if not row["has_progress"]:
-                reopen.append((job_id, fresh, False))
+                reopen.append(seen)
             elif resume:
-                reopen.append((job_id, row["mode"], False))
-                queued.taken_over += status == "running"
+                reopen.append(replace(seen, mode=row["mode"], taken_over=status == "running"))
             else:
-                abandoned.append(job_id)
-                new.append((site, kind, fresh))
+                abandoned.append(seen)
+                new.append((site, kind, fresh, job_id))
             continue
         if resume and status in ("failed", "paused"):
             if row["verify_status"] == "failed":
-                reopen.append((job_id, CATCHUP if row["has_pass"] else FULL, True))
+                again = CATCHUP if row["has_pass"] else FULL
+                reopen.append(replace(seen, mode=again, recrawl=True))
             else:
-                reopen.append((job_id, row["mode"], False))
+                reopen.append(replace(seen, mode=row["mode"]))
             continue
-        new.append((site, kind, fresh))
+        new.append((site, kind, fresh, None))
     if abandoned:
-        await conn.execute(query("fail_abandoned"), {"job_ids": abandoned})
-        queued.abandoned = len(abandoned)
+        failed = {x.job_id for x in await _decide(conn, "fail_abandoned", abandoned, {}, queued)}
+        queued.abandoned = len(failed)
+        new = [x for x in new if x[3] is None or x[3] in failed]
     if reopen:
-        await conn.execute(
-            query("reopen_jobs"),
-            {
-                "run_id": run_id,
-                "job_ids": [j for j, _, _ in reopen],
-                "modes": [m for _, m, _ in reopen],
-                "recrawl": [r for _, _, r in reopen],
-            },
-        )
-        recrawled = [j for j, _, r in reopen if r]
+        extra = {
+            "run_id": run_id,
+            "modes": [x.mode for x in reopen],
+            "recrawl": [x.recrawl for x in reopen],
+        }
+        reopened = await _decide(conn, "reopen_jobs", reopen, extra, queued)
+        recrawled = [x.job_id for x in reopened if x.recrawl]
         if recrawled:
             await conn.execute(query("forget_seen_of"), {"job_ids": recrawled})
-        queued.reopened = len(reopen)
+        queued.reopened = len(reopened)
+        queued.taken_over = sum(x.taken_over for x in reopened)
     if new:
         inserted = await conn.execute(
             query("insert_jobs"),
             {
                 "run_id": run_id,
-                "subdomains": [s for s, _, _ in new],
-                "document_types": [t for _, t, _ in new],
-                "modes": [m for _, _, m in new],
+                "subdomains": [x[0] for x in new],
+                "document_types": [x[1] for x in new],
+                "modes": [x[2] for x in new],
             },
         )
         queued.added = inserted.rowcount
@@ -412,6 +452,17 @@ async def pause(conn: psycopg.AsyncConnection, leases: Sequence[Lease]) -> list[
         )
     ).fetchall()
     return sorted(int(row[0]) for row in rows)
+
+
+async def moved_leases(conn: psycopg.AsyncConnection, leases: Sequence[Lease]) -> list[int]:
+    """Of jobs whose lock was taken again, those another process claimed or reopened meanwhile."""
+    rows = await (
+        await conn.execute(
+            query("moved_leases"),
+            {"job_ids": [x.job_id for x in leases], "tokens": [x.token for x in leases]},
+        )
+    ).fetchall()
+    return [int(row[0]) for row in rows]
 
 
 async def summaries(conn: psycopg.AsyncConnection, job_ids: Sequence[int]) -> list[dict[str, Any]]:

@@ -82,6 +82,7 @@ class Registry:
         self.outcomes: dict[int, str] = {}  # how each job left this process, for the summary
         self.site_failures: dict[str, str] = {}  # named sites that never became jobs, and why
         self.database_down = False
+        self._settling: set[asyncio.Task] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -89,6 +90,7 @@ class Registry:
         registry = cls(crawler)
         crawler.signals.connect(registry.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(registry.request_waiting, signal=civicband_signals.request_waiting)
+        crawler.signals.connect(registry.leases_renewed, signal=civicband_signals.leases_renewed)
         return registry
 
     def request_waiting(self, request: Request, why: str | None) -> None:
@@ -205,6 +207,31 @@ class Registry:
             return
         job.stopped = True
         await self._lost(job)
+
+    def leases_renewed(self, lost: list[int], kept: list[int]) -> None:
+        """The lease connection was cut and renewed: jobs whose lease went elsewhere stop now."""
+        task = asyncio.ensure_future(self._settle_leases(lost, kept))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_leases(self, lost: list[int], kept: list[int]) -> None:
+        """Stop the jobs whose lock others took, then those whose token moved meanwhile."""
+        for job_id in lost:
+            if (job := self.get(job_id)) is not None:
+                await self.lost(job)
+        held = [job.lease for job_id in kept if (job := self.get(job_id)) is not None]
+        if not held:
+            return
+        try:
+            moved = await self.store.transact(
+                lambda conn: jobs.moved_leases(conn, held), "checking the renewed leases"
+            )
+        except db.DatabaseError as error:
+            logger.warning("Could not check the renewed leases (%s): their next write will", error)
+            return
+        for job_id in moved:
+            if (job := self.get(job_id)) is not None:
+                await self.lost(job)
 
     async def _lost(self, job: ActiveJob) -> None:
         self.stats.inc_value("civicband/jobs/lost")

@@ -23,6 +23,9 @@ CIVICBAND_HOME = os.environ.get("CIVICBAND_HOME", ".civicband")
 CIVICBAND_DB_POOL_SIZE = 4
 CIVICBAND_DB_RETRIES = 6
 CIVICBAND_DB_TIMEOUT = 10.0
+# Seconds between round trips on the lease connection: one cut while idle (a reaper, a NAT
+# timeout) is reconnected and its leases taken again within about this long.
+CIVICBAND_LEASE_CHECK_INTERVAL = 5.0
 CIVICBAND_SITE_URL = "https://{subdomain}.civic.band"
 CIVICBAND_INDEX_URL = "https://civic.band/"
 CIVICBAND_SERVICE_SECRET = os.environ.get("CIVICBAND_SERVICE_SECRET", "")

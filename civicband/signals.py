@@ -1,4 +1,4 @@
-"""The crawl's own signals, sent by civicband.registry.Registry (Scrapy's custom-signal idiom)."""
+"""The crawl's own signals (Scrapy's custom-signal idiom), sent by the Registry unless said."""
 
 # job=ActiveJob: every page of a full pass is stored, or a catch-up fetched what differed;
 # `source_digest` is the digest the catch-up took (None: verification takes its own).
@@ -13,3 +13,7 @@ job_restarted = object()
 # request=Request, why=str|None: a request starts ("backing off", "rate limited") or stops
 # waiting in the retry middleware; the registry shows it in its job's progress.
 request_waiting = object()
+# lost=list[int], kept=list[int]: sent by civicband.store.Store when its lease connection was
+# found dead and connected again: others hold the leases of `lost` now; those of `kept` were
+# taken again, but another process may have claimed one of them in between (its token says).
+leases_renewed = object()

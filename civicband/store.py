@@ -15,9 +15,11 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from scrapy import signals
 from scrapy.crawler import Crawler
+from scrapy.signalmanager import SignalManager
 from scrapy.statscollectors import StatsCollector
 
 from civicband import db
+from civicband import signals as civicband_signals
 from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from civicband.middlewares import backoff_delay
 
@@ -31,6 +33,16 @@ def application_name(role: str) -> str:
 
 LEASE_CLASS = 0x63626A62  # "cbjb": the first key of every job's advisory lock
 RUN_CLASS = 0x6362726E  # "cbrn": the first key of every run's shared advisory lock
+# libpq's TCP keepalives on the lease connection, so that an idle lease stays known to NATs and
+# firewalls, and a peer that vanished is seen after 10 + 5 * 3 = 25 s of silence; data left
+# unacknowledged for 25 s ends the connection too (TCP_USER_TIMEOUT, where the system has it).
+LEASE_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 25_000,
+}
 
 T = TypeVar("T")
 
@@ -48,6 +60,8 @@ class Store:
         retries: int = 6,
         backoff: tuple[float, float] = (1.0, 60.0),
         stats: StatsCollector | None = None,
+        check_interval: float = 5.0,
+        signals: SignalManager | None = None,
     ) -> None:
         self.url = url
         self.timeout = timeout
@@ -64,6 +78,9 @@ class Store:
         self.leased: set[int] = set()
         self.runs: set[int] = set()
         self._leasing = asyncio.Lock()
+        self.check_interval = check_interval
+        self.signals = signals
+        self._checking: asyncio.Task | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -80,6 +97,8 @@ class Store:
                 settings.getfloat("CIVICBAND_BACKOFF_MAX"),
             ),
             stats=crawler.stats,
+            check_interval=settings.getfloat("CIVICBAND_LEASE_CHECK_INTERVAL"),
+            signals=crawler.signals,
         )
         crawler.signals.connect(store.engine_stopped, signal=signals.engine_stopped)
         return store
@@ -127,6 +146,7 @@ class Store:
                 ) from None
             self.pool = pool
             await self._connect_lease()
+            self._checking = asyncio.ensure_future(self._check_lease())
             logger.info("Mirror database: %s", db.redact(self.url))
 
     async def _connect_lease(self) -> None:
@@ -137,6 +157,7 @@ class Store:
                 autocommit=True,
                 connect_timeout=max(1, round(self.timeout)),
                 application_name=application_name("lease"),
+                **LEASE_KEEPALIVES,
             )
         except psycopg.Error as error:
             raise db.DatabaseUnavailable(
@@ -177,15 +198,39 @@ class Store:
             await self._lock("join_run", {"class": RUN_CLASS, "run_id": run_id})
             self.runs.add(run_id)
 
+    async def _check_lease(self) -> None:
+        """Use the lease connection every few seconds, so one cut while idle is renewed at once."""
+        while True:
+            await asyncio.sleep(self.check_interval)
+            try:
+                await self.renew()
+            except db.DatabaseError as error:
+                logger.warning(
+                    "Could not reconnect the lease connection (%s); trying again in %.1f s",
+                    error,
+                    self.check_interval,
+                )
+
+    async def _lease_alive(self) -> bool:
+        """Whether the lease connection still answers (a cheap round trip)."""
+        if self.lease is None or self.lease.closed or self.lease.broken:
+            return False
+        try:
+            await self.lease.execute("SELECT 1")
+        except psycopg.Error as error:
+            logger.warning("The lease connection was lost: %s", db.one_line(error))
+            return False
+        return True
+
     async def renew(self) -> None:
-        """After the lease connection died, take its locks again; fencing settles what was lost."""
+        """After the lease connection died, take its locks again; tell who lost which lease.
+
+        Sends `leases_renewed`: the jobs whose locks others hold now, and those taken again,
+        whose tokens the registry checks (another process may have claimed one in between).
+        """
         async with self._leasing:
-            if self.lease is not None and not self.lease.closed and not self.lease.broken:
-                try:
-                    await self.lease.execute("SELECT 1")
-                    return
-                except psycopg.Error:
-                    pass
+            if await self._lease_alive():
+                return
             if self.lease is not None:
                 await self.lease.close()
             await self._connect_lease()
@@ -196,9 +241,16 @@ class Store:
                 if not await self._lock("try_lease", {"class": LEASE_CLASS, "job_id": job_id}):
                     lost.add(job_id)
             self.leased -= lost
+            kept = sorted(self.leased)
+            if self.stats is not None:
+                self.stats.inc_value("civicband/leases/renewed")
             logger.warning(
                 "Reconnected the lease connection; leases now held by others: %s",
                 sorted(lost) or "none",
+            )
+        if self.signals is not None:
+            self.signals.send_catch_log(
+                civicband_signals.leases_renewed, lost=sorted(lost), kept=kept
             )
 
     async def transact(
@@ -265,6 +317,11 @@ class Store:
 
     async def close(self) -> None:
         """Close the pool and stop the embedded server if this process started it."""
+        if self._checking is not None:
+            self._checking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checking
+            self._checking = None
         if self.lease is not None:
             await self.lease.close()  # releases every lease and run lock still held
             self.lease = None

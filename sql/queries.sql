@@ -26,7 +26,8 @@ SELECT pg_advisory_lock_shared(%(class)s, %(run_id)s::integer)
 
 -- name: newest_jobs
 -- Per wanted (site, type): its newest job, whether its lease or its run is alive, and whether
--- the mirror holds a completed pass (which makes a catch-up the default).
+-- the mirror holds a completed pass (which makes a catch-up the default). The lease token seen
+-- here fences what is then decided about the job (fail_abandoned, reopen_jobs).
 WITH wanted AS (
     SELECT * FROM unnest(%(subdomains)s::text[], %(document_types)s::text[]) AS w (subdomain, document_type)
 ), held AS (
@@ -35,6 +36,7 @@ WITH wanted AS (
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 )
 SELECT w.subdomain, w.document_type, j.id, j.status, j.run_id, j.mode, j.verify_status,
+       j.lease_token,
        (j.last_cursor IS NOT NULL OR j.pages_exhausted_at IS NOT NULL OR j.pages_fetched > 0)
            AS has_progress,
        EXISTS (SELECT 1 FROM held h WHERE h.class = %(lease_class)s AND h.key = j.id) AS leased,
@@ -50,21 +52,39 @@ LEFT JOIN LATERAL (
 ) j ON true
 
 -- name: fail_abandoned
-UPDATE backfill_jobs
+-- Only jobs still as they were seen (the same token; NULL: never claimed) whose lease nobody
+-- holds now: a takeover, or a holder that took its lease back, since then is left alone.
+UPDATE backfill_jobs j
    SET status = 'failed', last_error = 'abandoned: its process or connection died',
        lease_token = NULL, modified = now()
- WHERE id = ANY(%(job_ids)s) AND status IN ('pending', 'running')
+  FROM unnest(%(job_ids)s::bigint[], %(tokens)s::bigint[]) AS u (id, token)
+ WHERE j.id = u.id AND j.status IN ('pending', 'running')
+   AND j.lease_token IS NOT DISTINCT FROM u.token
+   AND NOT EXISTS (
+       SELECT 1 FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid::bigint = %(class)s AND l.objid::bigint = j.id)
+RETURNING j.id
 
 -- name: reopen_jobs
 -- Continue jobs in this run from where they stopped (resume); `recrawl` starts their pass anew
--- (a failed verification is fixed by fetching again, not by counting again).
+-- (a failed verification is fixed by fetching again, not by counting again). Fenced as
+-- fail_abandoned is: by the token seen, and by nobody holding the lease now.
 UPDATE backfill_jobs j
    SET status = 'pending', run_id = %(run_id)s, mode = u.mode, lease_token = NULL,
        last_cursor = CASE WHEN u.recrawl THEN NULL ELSE j.last_cursor END,
        pages_exhausted_at = CASE WHEN u.recrawl THEN NULL ELSE j.pages_exhausted_at END,
        modified = now()
-  FROM unnest(%(job_ids)s::bigint[], %(modes)s::text[], %(recrawl)s::boolean[]) AS u (id, mode, recrawl)
+  FROM unnest(%(job_ids)s::bigint[], %(tokens)s::bigint[], %(modes)s::text[],
+              %(recrawl)s::boolean[]) AS u (id, token, mode, recrawl)
  WHERE j.id = u.id AND j.status IN ('pending', 'running', 'failed', 'paused')
+   AND j.lease_token IS NOT DISTINCT FROM u.token
+   AND NOT EXISTS (
+       SELECT 1 FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid::bigint = %(class)s AND l.objid::bigint = j.id)
 RETURNING j.id
 
 -- name: forget_seen_of
@@ -181,6 +201,13 @@ UPDATE backfill_jobs
 -- name: job_lease_state
 -- After a fenced write changed nothing: whose is the job now, and in what status?
 SELECT status, lease_token FROM backfill_jobs WHERE id = %(job_id)s
+
+-- name: moved_leases
+-- After the lease connection was renewed: jobs whose token is no longer the one we hold.
+SELECT u.id FROM unnest(%(job_ids)s::bigint[], %(tokens)s::bigint[]) AS u (id, token)
+  LEFT JOIN backfill_jobs j ON j.id = u.id
+ WHERE j.lease_token IS DISTINCT FROM u.token
+ ORDER BY u.id
 
 -- name: job_summaries
 SELECT id, subdomain, document_type, mode, status, pages_created, pages_updated,

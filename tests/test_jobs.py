@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+from scrapy.signalmanager import SignalManager
 
 from civicband import db, jobs, mirror
+from civicband import signals as civicband_signals
 from civicband.rows import DUPLICATE_ID, INVALID_ID, MAX_ID_LENGTH, clean_page
 from civicband.store import Store
 from civicband.verify import Verdict
@@ -34,8 +37,16 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-async def opened(url: str, tmp_path: Path) -> Store:
-    store = Store(url, tmp_path / ".civicband", pool_size=4, timeout=5, retries=1)
+async def opened(url: str, tmp_path: Path, *, check_interval: float = 3600) -> Store:
+    """A process's store; by default one that does not notice its lease connection die."""
+    store = Store(
+        url,
+        tmp_path / ".civicband",
+        pool_size=4,
+        timeout=5,
+        retries=1,
+        check_interval=check_interval,
+    )
     await store.open()
     return store
 
@@ -466,3 +477,137 @@ def test_an_invalid_id_that_reads_as_a_valid_one_once_cut_touches_neither(databa
     assert ids == [valid["id"]]
     assert rejected == [(valid["id"], INVALID_ID)]
     assert digest_total(database_url, tmp_path, "cut.ca") == 2
+
+
+def cut_lease_connection(url: str, store: Store) -> None:
+    """Terminate a store's lease connection and wait until its backend, and its locks, are gone."""
+    assert store.lease is not None
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_terminate_backend(%s, 10000)", [store.lease.info.backend_pid]
+        ).fetchone()
+    assert row == (True,)
+
+
+class Interleaved:
+    """A connection on which `meanwhile` runs once, after enqueue observed the jobs and before
+    it decides about them: what another process can do in between."""
+
+    def __init__(self, conn: Any, meanwhile: Any) -> None:
+        self.conn = conn
+        self.meanwhile = meanwhile
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        return self.conn.cursor(*args, **kwargs)
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return await self.conn.execute(*args, **kwargs)
+
+
+async def queue_agenda(
+    store: Store, mode: str, *, resume: bool = False, meanwhile: Any = None
+) -> tuple[int, jobs.Queued]:
+    """Open or join the run of fenced.ca's agendas in `mode` and queue it."""
+    arguments = jobs.RunArguments(("fenced.ca",), ("agenda",), mode, False)
+
+    async def work(conn: Any) -> tuple[int, jobs.Queued]:
+        await jobs.add_municipality(conn, "fenced.ca")
+        run_id, _ = await jobs.open_run(conn, arguments, store.join_run)
+        queued = await jobs.enqueue(
+            Interleaved(conn, meanwhile),
+            run_id,
+            [("fenced.ca", "agenda")],
+            mode=mode,
+            resume=resume,
+        )
+        return run_id, queued
+
+    return await store.transact(work, "queueing")
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["fail_abandoned", "reopen_jobs"])
+@pytest.mark.parametrize("meanwhile", ["claimed", "lease taken back"])
+def test_a_decision_about_an_abandoned_job_changes_nothing_if_it_moved_since(
+    database_url, tmp_path, resume, meanwhile
+):
+    """Another run judged the job abandoned; before it acts, a process of the job's own run
+    claims it (a new token), or its holder reconnects and takes its lease back."""
+
+    async def scenario() -> tuple[jobs.Queued, int, int]:
+        holder = await opened(database_url, tmp_path)
+        sibling = await opened(database_url, tmp_path)  # a live process of the same run
+        decider = await opened(database_url, tmp_path)
+        try:
+            run_id, _ = await queue_agenda(holder, "default")
+            await queue_agenda(sibling, "default")
+            (first,) = await claim(holder, run_id)
+            assert await write_page(holder, first.lease, None, "c1")
+            cut_lease_connection(database_url, holder)  # the job looks abandoned now
+            token = first.lease.token
+
+            async def claimed() -> None:
+                nonlocal token
+                (taken,) = await claim(sibling, run_id)
+                token = taken.lease.token
+                await sibling.release(taken.lease.job_id)  # only the token tells now
+
+            async def taken_back() -> None:
+                await holder.renew()
+
+            act = claimed if meanwhile == "claimed" else taken_back
+            _, queued = await queue_agenda(decider, "full", resume=resume, meanwhile=act)
+            return queued, first.lease.job_id, token
+        finally:
+            for store in (holder, sibling, decider):
+                await store.close()
+
+    queued, job_id, token = run(scenario())
+    assert (queued.abandoned, queued.reopened, queued.added) == (0, 0, 0)
+    assert queued.skipped == [("fenced.ca", "agenda", job_id)]
+    job = row_of(database_url, job_id)
+    assert (job["status"], job["lease_token"], job["last_cursor"]) == ("running", token, "c1")
+    with psycopg.connect(database_url) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM backfill_jobs").fetchone() or (0,)
+    assert count == 1
+
+
+def test_a_renewed_lease_whose_job_was_claimed_meanwhile_is_reported_moved(database_url, tmp_path):
+    """The holder's lock comes back, but its job is another process's now: its token says so."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[int], list[int], int, int]:
+        renewals: list[dict[str, Any]] = []
+        holder = await opened(database_url, tmp_path)
+        holder.signals = SignalManager()
+
+        def renewed(lost: list[int], kept: list[int]) -> None:
+            renewals.append({"lost": lost, "kept": kept})
+
+        holder.signals.connect(renewed, signal=civicband_signals.leases_renewed)  # held weakly
+        sibling = await opened(database_url, tmp_path)
+        try:
+            run_id, _ = await queue_agenda(holder, "default")
+            await queue_agenda(sibling, "default")
+            (mine,) = await claim(holder, run_id)
+            cut_lease_connection(database_url, holder)
+            (second,) = await claim(sibling, run_id)  # taken over, then let go
+            await sibling.release(second.lease.job_id)
+            await holder.renew()
+            moved = await holder.transact(
+                lambda conn: jobs.moved_leases(conn, [mine.lease]), "checking"
+            )
+            ours = await sibling.transact(
+                lambda conn: jobs.moved_leases(conn, [second.lease]), "checking"
+            )
+            return renewals, moved, ours, mine.lease.job_id, len(holder.leased)
+        finally:
+            await holder.close()
+            await sibling.close()
+
+    renewals, moved, ours, job_id, leased = run(scenario())
+    assert renewals == [{"lost": [], "kept": [job_id]}]  # the lock came back...
+    assert leased == 1
+    assert moved == [job_id]  # ...but the token is the sibling's: the registry stops the job
+    assert ours == []

@@ -253,7 +253,10 @@ class SitesSpider(StoreSpider):
         unknown = sorted(name for name in kwargs if not name.startswith("_"))  # scrapyd's _job
         if unknown:
             raise ArgumentError(f"{unknown[0]}: civicband-sites takes no arguments")
-        check_number_settings(settings, ("CIVICBAND_DB_POOL_SIZE", "CIVICBAND_DB_TIMEOUT"))
+        check_number_settings(
+            settings,
+            ("CIVICBAND_DB_POOL_SIZE", "CIVICBAND_DB_TIMEOUT", "CIVICBAND_LEASE_CHECK_INTERVAL"),
+        )
         return check_index_url(settings.get("CIVICBAND_INDEX_URL"))
 
     @classmethod

@@ -391,6 +391,7 @@ def test_unreachable_database_exits_2_without_the_password(source_ds10):
         ("CIVICBAND_DB_POOL_SIZE", "many"),
         ("CIVICBAND_VERIFY_MAX_MISSING_RATIO", "-0.5"),
         ("CIVICBAND_PROGRESS_INTERVAL", "soon"),
+        ("CIVICBAND_LEASE_CHECK_INTERVAL", "0"),
         ("CIVICBAND_DIGEST_SPLIT_ROWS", "1e9x"),
         ("CIVICBAND_BATCH_SIZE", "5000"),
         ("CIVICBAND_SITE_URL", "https://civic.band/"),
