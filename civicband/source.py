@@ -329,7 +329,6 @@ class Source:
                 ),
             )
             rows = page.rows
-            self.stats.inc_value("civicband/exact/listed", len(rows))
             complete = not page.truncated and len(rows) < MAX_PAGE_SIZE
             if not complete:
                 if not rows:
