@@ -157,7 +157,9 @@ class Verify:
         method, exact_error = "digest", ""
         if job.exact and source_digest is not None:
             try:
-                found = taken or await exact.check(job, registry, store, source)
+                found = (
+                    taken if taken is not None else await exact.check(job, registry, store, source)
+                )
             except SourceError as error:
                 exact_error = f"the exact comparison could not be taken: {error}"
                 note = "; ".join(part for part in (note, exact_error) if part)
