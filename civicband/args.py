@@ -29,6 +29,7 @@ class SpiderArguments:
     repair: bool
     full: bool = False
     allow_shrink: bool = False
+    exact: bool = False  # compare every row's untrusted columns, not bucket fingerprints
 
     names = (
         "subdomain",
@@ -39,6 +40,7 @@ class SpiderArguments:
         "repair",
         "full",
         "allow_shrink",
+        "exact",
     )
 
     @property
@@ -145,8 +147,15 @@ def parse_arguments(kwargs: dict[str, Any]) -> SpiderArguments:
         repair=parse_bool("repair", kwargs.get("repair", "false")),
         full=parse_bool("full", kwargs.get("full", "false")),
         allow_shrink=parse_bool("allow_shrink", kwargs.get("allow_shrink", "false")),
+        exact=parse_bool("exact", kwargs.get("exact", "false")),
     )
     chosen = [name for name in ("verify_only", "repair", "full") if getattr(arguments, name)]
     if len(chosen) > 1:
         raise ArgumentError(f"{chosen[1]}: give at most one of verify_only, repair and full")
+    if arguments.exact and arguments.full:
+        # A full pass fetches every value already: an exact check would only list them twice.
+        raise ArgumentError(
+            "exact: goes with the default mode, repair or verify_only; full=true fetches every"
+            " page already"
+        )
     return arguments

@@ -3,8 +3,10 @@
 Digests first (one request for most tables); ids and fingerprints of the differing buckets only;
 then exactly the new and changed pages by id; then the vanished ones deleted, after complete
 listings and within the shrink guard; then verification (civicband.extensions.verify) judges
-against the digest taken at the start. A catch-up that would cost more requests than a full
-pass becomes one, unless it was asked for with repair=true.
+against the digest taken at the start. With exact=true every value is compared as well
+(civicband.exact), and the pages whose values differ are fetched with the rest; verification
+then compares every value again, unless the catch-up changed nothing. A catch-up that would cost
+more requests than a full pass becomes one, unless it was asked for with repair=true.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem, NotConfigured
 from scrapy.statscollectors import StatsCollector
 
-from civicband import digest, jobs, mirror
+from civicband import digest, exact, jobs, mirror
 from civicband import signals as civicband_signals
 from civicband.datasette import MAX_PAGE_SIZE, SourceError
 from civicband.digest import OTHER, Difference
@@ -190,8 +192,15 @@ class CatchUp:
             len(differ),
             len(source_digest.keys() | local.keys()),
         )
-        if not differ:
-            registry.exhausted(job, source_digest)
+        found = await exact.check(job, registry, store, source) if job.exact else None
+        stale = found.stale if found is not None else []
+        if found is not None:
+            logger.info(
+                "%s catch-up: comparing every value found %d pages out of date", job, len(stale)
+            )
+        if not differ and not stale:
+            # Nothing to change: what the catch-up compared is what verification would find.
+            registry.exhausted(job, source_digest, found)
             return
         hexes = [b for b in differ if b != OTHER]
         source_ids = await source.listing(site, kind, hexes) if hexes else {}
@@ -216,7 +225,7 @@ class CatchUp:
             )
             difference += other_difference(other_rows, other_pages, other_rejected)
         changed_since(source_digest, hexes, source_ids, other_rows if OTHER in differ else None)
-        to_fetch = difference.to_fetch
+        to_fetch = sorted({*difference.to_fetch, *stale})
         if not job.repair and self._cheaper_to_page(source, site, len(to_fetch), expected):
             await self._become_full_pass(job, registry, store, len(to_fetch))
             return

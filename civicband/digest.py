@@ -73,7 +73,7 @@ def content_fp(row: Mapping[str, Any]) -> int:
 _ALIASES = {"page_image": "p", "entities_json": "e", "votes_json": "v"}
 # An id of twelve lowercase hex digits, as HEX_ID says. length() and glob stop at a NUL, so the
 # id's bytes are counted too: `abcdef012345` followed by NUL is not one.
-_CONFORMS = "ifnull(length(id)=12 and length(cast(id as blob))=12 and id not glob '*[^0-9a-f]*',0)"
+CONFORMS = "ifnull(length(id)=12 and length(cast(id as blob))=12 and id not glob '*[^0-9a-f]*',0)"
 # 0x111111: instr() counts hex digits from 1, so each six-digit half is this much too large.
 _HALF_OFFSET = int("111111", 16)
 
@@ -110,7 +110,7 @@ def _inner_sql(table: str, columns: Iterable[str], where: str) -> str:
         for column, alias in _ALIASES.items()
         if column in have
     )
-    return f"select id,{_CONFORMS} as c{named} from {table} where {where}"
+    return f"select id,{CONFORMS} as c{named} from {table} where {where}"
 
 
 def _half_sql(first: int) -> str:
@@ -181,7 +181,7 @@ def other_rows_sql(table: str, limit: int) -> str:
     """Whole rows of the `~` bucket (NULL and non-hex ids), keyset on rowid."""
     return (
         f"select rowid as civicband_rowid,* from {table} where rowid>:after"
-        f" and not {_CONFORMS}"
+        f" and not {CONFORMS}"
         f" order by rowid limit {int(limit)}"
     )
 

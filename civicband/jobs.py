@@ -71,6 +71,7 @@ class RunArguments:
     document_types: tuple[str, ...]
     mode: str  # "default", "full", "repair" or "verify_only"
     allow_shrink: bool
+    exact: bool = False  # values compared one by one: another check, so another run
 
     def key(self) -> str:
         """A stable key for these arguments."""
@@ -84,6 +85,8 @@ class RunArguments:
             "document_types": list(self.document_types),
             "mode": self.mode,
             "allow_shrink": self.allow_shrink,
+            # Named only when asked: a run without it keeps the key it had before exact existed.
+            **({"exact": True} if self.exact else {}),
         }
 
 
@@ -437,6 +440,7 @@ async def record_verdict(conn: psycopg.AsyncConnection, lease: Lease, verdict: V
         "verify_status": verdict.status,
         "status": verdict.job_status,
         "message": verdict.message,
+        "verify_method": verdict.method,
     }
     await _fenced(conn, "record_verdict", lease, params, verdict.job_status)
 

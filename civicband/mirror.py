@@ -215,3 +215,22 @@ async def other_listing(
     pages = await (await conn.execute(query("local_other"), params)).fetchall()
     rejected = await (await conn.execute(query("rejected_other"), params)).fetchall()
     return {row[0]: int(row[1]) for row in pages}, [(row[0], row[1]) for row in rejected]
+
+
+async def exact_values(
+    conn: psycopg.AsyncConnection, subdomain: str, document_type: str, ids: list[str]
+) -> tuple[dict[str, tuple[str | None, ...]], set[str]]:
+    """exact=true: of these ids, ({page id: (page_image, entities_json, votes_json)}, rejected)."""
+    params: dict[str, Any] = {**_params(subdomain, document_type), "ids": ids}
+    pages = await (await conn.execute(query("exact_values"), params)).fetchall()
+    rejected = await (await conn.execute(query("exact_rejected"), params)).fetchall()
+    return {row[0]: tuple(row[1:]) for row in pages}, {row[0] for row in rejected}
+
+
+async def hex_page_count(conn: psycopg.AsyncConnection, subdomain: str, document_type: str) -> int:
+    """Pages whose ids are 12 lowercase hex digits: those exact=true did not meet are extra."""
+    row = await (
+        await conn.execute(query("hex_page_count"), _params(subdomain, document_type))
+    ).fetchone()
+    assert row is not None
+    return int(row[0])

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from scrapy import Request, signals
 from scrapy.crawler import Crawler
@@ -22,6 +22,9 @@ from civicband import signals as civicband_signals
 from civicband.digest import Digest
 from civicband.middlewares import RATE_LIMIT_WAITS
 from civicband.store import Store
+
+if TYPE_CHECKING:
+    from civicband.exact import Exact
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class ActiveJob:
     run_id: int
     allow_shrink: bool = False
     repair: bool = False  # a catch-up that must never become a full pass
+    exact: bool = False  # judged by comparing every value, not by the digests alone
     state: str = FETCHING
     cursor: str | None = None  # the page a full pass fetches next
     inflight: bool = False  # its next page is being downloaded
@@ -108,7 +112,15 @@ class Registry:
 
     # ---- holding jobs -----------------------------------------------------------------------
 
-    def add(self, claim: jobs.Claim, run_id: int, *, allow_shrink: bool, repair: bool) -> ActiveJob:
+    def add(
+        self,
+        claim: jobs.Claim,
+        run_id: int,
+        *,
+        allow_shrink: bool,
+        repair: bool,
+        exact: bool = False,
+    ) -> ActiveJob:
         """A job this process has just claimed."""
         job = ActiveJob(
             lease=claim.lease,
@@ -116,6 +128,7 @@ class Registry:
             run_id=run_id,
             allow_shrink=allow_shrink,
             repair=repair,
+            exact=exact,
             cursor=claim.cursor,
             rows_done=claim.pages_fetched,
             rows_at_claim=claim.pages_fetched,
@@ -172,13 +185,15 @@ class Registry:
 
     # ---- how a job ends -----------------------------------------------------------------------
 
-    def exhausted(self, job: ActiveJob, source_digest: Digest | None = None) -> None:
+    def exhausted(
+        self, job: ActiveJob, source_digest: Digest | None = None, exact: Exact | None = None
+    ) -> None:
         """Nothing more to fetch: verification takes over."""
         if job.stopped:
             return
         job.state = VERIFYING
         self.crawler.signals.send_catch_log(
-            civicband_signals.job_exhausted, job=job, source_digest=source_digest
+            civicband_signals.job_exhausted, job=job, source_digest=source_digest, exact=exact
         )
 
     async def fail(self, job: ActiveJob, error: str, *, retries_exhausted: bool = False) -> None:

@@ -118,6 +118,11 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
+def stored_text(value: Any) -> str | None:
+    """A text column's value as the mirror stores it: NULs removed, JSON kept as text."""
+    return _as_text(_strip_nul(value)[0])
+
+
 def _parse_date(value: Any) -> datetime.date | None:
     if not isinstance(value, str) or not DATE.match(value):
         return None

@@ -1,7 +1,8 @@
 """The crawl's own signals (Scrapy's custom-signal idiom), sent by the Registry unless said."""
 
 # job=ActiveJob: every page of a full pass is stored, or a catch-up fetched what differed;
-# `source_digest` is the digest the catch-up took (None: verification takes its own).
+# `source_digest` is the digest the catch-up took (None: verification takes its own), `exact`
+# the exact comparison it took when it changed nothing since (None: taken again if asked for).
 job_exhausted = object()
 # job=ActiveJob, status=str: the job left this process (completed, failed, lost, ...).
 job_ended = object()

@@ -21,7 +21,7 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 from scrapy.settings import BaseSettings
 
-from civicband import datasette, digest
+from civicband import datasette, digest, exact
 from civicband.datasette import DOCUMENT_TABLES, MAX_PAGE_SIZE, SourceError
 from civicband.db import one_line
 from civicband.middlewares import RETRIES_EXHAUSTED, SPLIT_ON_INTERRUPT
@@ -300,6 +300,39 @@ class Source:
                     raise SourceError(f"listing does not advance past {after!r}", retryable=False)
                 after = last
         return found
+
+    async def values(
+        self, subdomain: str, document_type: str
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """exact=true: every 12-hex-id row's untrusted columns, in id order, answer by answer.
+
+        An answer cut short (`truncated`, a site whose max_returned_rows is below the limit
+        asked) or full is continued after its last id; only a short untruncated one ends it.
+        """
+        table = DOCUMENT_TABLES[document_type]
+        after = ""
+        while True:
+            page = await self._with_columns(
+                subdomain,
+                lambda cols, after=after: (
+                    exact.values_sql(table, cols, MAX_PAGE_SIZE),
+                    {"after": after},
+                ),
+            )
+            rows = page.rows
+            complete = not page.truncated and len(rows) < MAX_PAGE_SIZE
+            if not complete:
+                if not rows:
+                    raise SourceError("value listing truncated with no rows", retryable=False)
+                last = str(rows[-1]["id"])
+                if last <= after:  # a source that answers the same page again would loop
+                    raise SourceError(
+                        f"value listing does not advance past {after!r}", retryable=False
+                    )
+                after = last
+            yield rows
+            if complete:
+                return
 
     async def other_rows(
         self, subdomain: str, document_type: str

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from civicband.digest import Difference
+
+if TYPE_CHECKING:
+    from civicband.exact import Exact  # exact reads the mirror through jobs, which needs Verdict
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,7 @@ class Verdict:
     extra: int | None
     stale: int | None
     message: str
+    method: str = "digest"  # which check judged: the bucket digests, or every value (exact)
 
     @property
     def job_status(self) -> str:
@@ -36,6 +41,7 @@ def decide(
     max_rows: int,
     max_ratio: float,
     note: str = "",
+    method: str = "digest",
 ) -> Verdict:
     """Judge a comparison of digests (and, where they differ, of the listed ids).
 
@@ -46,9 +52,9 @@ def decide(
     suffix = f" ({note})" if note else ""
     if expected is None:
         message = f"source digest unknown: not verified; {actual} pages stored{suffix}"
-        return Verdict("unknown", None, actual, rejected, None, None, None, message)
+        return Verdict("unknown", None, actual, rejected, None, None, None, message, method)
     if equal:
-        return Verdict("passed", expected, actual, rejected, 0, 0, 0, f"Complete. {shown}")
+        return Verdict("passed", expected, actual, rejected, 0, 0, 0, f"Complete. {shown}", method)
 
     def over(n: int) -> bool:
         return n > max_rows or n > max_ratio * expected
@@ -61,7 +67,8 @@ def decide(
         else:
             status, head = "warned", f"The copy differs from the source. {shown}"
         note = note or "the differing ids could not be listed"
-        return Verdict(status, expected, actual, rejected, missing, None, None, f"{head} ({note})")
+        message = f"{head} ({note})"
+        return Verdict(status, expected, actual, rejected, missing, None, None, message, method)
     missing, extra, stale = (
         len(difference.missing),
         len(difference.extra),
@@ -83,4 +90,31 @@ def decide(
         status = "warned"
         lead = f"Missing {missing} pages (within thresholds)" if missing else "Not equal"
         message = f"{lead}{tail}. {shown}; the next run fixes it"
-    return Verdict(status, expected, actual, rejected, missing, extra, stale, message + suffix)
+    message += suffix
+    return Verdict(status, expected, actual, rejected, missing, extra, stale, message, method)
+
+
+def with_exact(
+    equal: bool, difference: Difference | None, exact: Exact
+) -> tuple[bool, Difference | None, str]:
+    """The digests' finding with the exact comparison's folded in: (equal, difference, note).
+
+    Values the digests cannot see changed are out of date all the same. The id sets are the
+    digests' to prove: where the exact listing disagrees with equal digests about which ids
+    exist, the site changed between the two, and nothing passes on that.
+    """
+    if equal and (exact.missing or exact.extra):
+        note = (
+            f"the exact listing found {exact.missing} pages missing and {exact.extra} extra"
+            " where the digests found none: the site changed meanwhile?"
+        )
+        return False, None, note
+    if not exact.stale:
+        return equal, difference, ""
+    if difference is None:
+        if equal:
+            return False, Difference([], [], list(exact.stale), []), ""
+        return False, None, f"{len(exact.stale)} pages out of date by the exact comparison"
+    stale = sorted({*difference.stale, *exact.stale})
+    merged = Difference(difference.missing, difference.extra, stale, difference.stale_rejections)
+    return False, merged, ""

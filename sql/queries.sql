@@ -193,7 +193,8 @@ RETURNING j.id
 UPDATE backfill_jobs
    SET expected_count = %(expected)s, actual_count = %(actual)s, rejected_count = %(rejected)s,
        missing_count = %(missing)s, extra_count = %(extra)s, stale_count = %(stale)s,
-       verify_status = %(verify_status)s, verified_at = now(), status = %(status)s,
+       verify_status = %(verify_status)s, verify_method = %(verify_method)s,
+       verified_at = now(), status = %(status)s,
        last_error = CASE WHEN %(status)s = 'failed' THEN %(message)s ELSE NULL END,
        modified = now()
  WHERE id = %(job_id)s AND lease_token = %(token)s AND status = 'running'
@@ -410,6 +411,23 @@ SELECT row_id, raw_md5 FROM rejected_rows
  WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
    AND NOT coalesce(row_id ~ '^[0-9a-f]{12}$', false)
 
+-- name: exact_values
+-- exact=true: the columns the id does not hash, of the pages one source answer lists.
+SELECT id, page_image, entities_json, votes_json FROM meeting_pages
+ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+   AND id = ANY(%(ids)s::text[])
+
+-- name: exact_rejected
+-- exact=true: which of those ids are rejected rows (present, judged by the digest).
+SELECT DISTINCT row_id FROM rejected_rows
+ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+   AND row_id = ANY(%(ids)s::text[])
+
+-- name: hex_page_count
+SELECT count(*) FROM meeting_pages
+ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+   AND id ~ '^[0-9a-f]{12}$'
+
 -- name: delete_pages
 DELETE FROM meeting_pages
 WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s AND id = ANY(%(ids)s)
@@ -466,8 +484,8 @@ ORDER BY subdomain
 -- name: list_jobs
 -- `scrapy jobs`: newest first, each filter applied only when given.
 SELECT id, subdomain, document_type, mode, status, pages_created, pages_updated, pages_removed,
-       errors_encountered, expected_count, actual_count, verify_status, verified_at, created,
-       modified, last_error
+       errors_encountered, expected_count, actual_count, stale_count, verify_status,
+       verify_method, verified_at, created, modified, last_error
 FROM backfill_jobs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(document_type)s::text IS NULL OR document_type = %(document_type)s::text)

@@ -87,7 +87,8 @@ CREATE TABLE backfill_jobs (
     extra_count        bigint,
     stale_count        bigint,
     pages_removed      bigint NOT NULL DEFAULT 0,
-    claimed_at         timestamptz
+    claimed_at         timestamptz,
+    verify_method      text CHECK (verify_method IN ('digest', 'exact'))
 );
 -- At most one open (pending or running) job per (site, type).
 CREATE UNIQUE INDEX backfill_jobs_one_open_idx

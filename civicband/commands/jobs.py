@@ -21,8 +21,9 @@ from civicband.extensions.outcome import EXIT_BAD_INPUT
 
 STATUSES = ("pending", "running", "completed", "failed", "paused")
 DOCUMENT_TYPES = ("agenda", "minutes")
-# SPEC §2's columns, plus the job's mode (full, catchup or verify), the pages it removed and
-# verify_status (why a job passed, warned or failed verification).
+# SPEC §2's columns, plus the job's mode (full, catchup or verify), the pages it removed,
+# verify_status (why a job passed, warned or failed verification), stale_count (pages out of
+# date) and verify_method (digest, or exact: which check judged it).
 COLUMNS = (
     "id",
     "subdomain",
@@ -35,7 +36,9 @@ COLUMNS = (
     "errors_encountered",
     "expected_count",
     "actual_count",
+    "stale_count",
     "verify_status",
+    "verify_method",
     "verified_at",
     "created",
     "modified",
@@ -49,6 +52,7 @@ NUMERIC = {
     "errors_encountered",
     "expected_count",
     "actual_count",
+    "stale_count",
 }
 # The table is for reading: long errors are cut (--json has them whole).
 ERROR_WIDTH = 80

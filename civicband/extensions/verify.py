@@ -2,8 +2,9 @@
 
 The source's digest is fetched through the engine (unless a catch-up just took one), a full
 pass first sweeps what it did not see (within the shrink guard), the mirror's digest is
-compared bucket by bucket, differing buckets are listed id by id, civicband.verify.decide
-judges, and civicband/jobs.py records the verdict, fenced by the job's lease.
+compared bucket by bucket, differing buckets are listed id by id, a job of an exact=true run
+has every value compared too (civicband.exact), civicband.verify.decide judges, and
+civicband/jobs.py records the verdict and which check judged it, fenced by the job's lease.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Self
 from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem, NotConfigured
 
-from civicband import db, digest, jobs, mirror
+from civicband import db, digest, exact, jobs, mirror
 from civicband import signals as civicband_signals
 from civicband.catchup import other_difference, shrink_refusal, warn_large_removal
 from civicband.datasette import SourceError
@@ -23,7 +24,7 @@ from civicband.pipelines import guarded_write
 from civicband.registry import ActiveJob, Registry
 from civicband.source import Source, Stopping
 from civicband.store import Store
-from civicband.verify import Verdict, decide
+from civicband.verify import Verdict, decide, with_exact
 
 logger = logging.getLogger(__name__)
 LEVELS = {"passed": logging.INFO, "unknown": logging.WARNING, "warned": logging.WARNING}
@@ -55,16 +56,26 @@ class Verify:
         assert component is not None, f"{kind.__module__}.{kind.__name__} must be in EXTENSIONS"
         return component
 
-    def job_exhausted(self, job: ActiveJob, source_digest: digest.Digest | None) -> None:
+    def job_exhausted(
+        self,
+        job: ActiveJob,
+        source_digest: digest.Digest | None,
+        exact: exact.Exact | None = None,
+    ) -> None:
         """Verify as a step of the job."""
         registry: Registry = self._component(Registry)
-        registry.spawn(job, self.run(job, source_digest), "verification")
+        registry.spawn(job, self.run(job, source_digest, exact), "verification")
 
-    async def run(self, job: ActiveJob, source_digest: digest.Digest | None) -> None:
+    async def run(
+        self,
+        job: ActiveJob,
+        source_digest: digest.Digest | None,
+        taken: exact.Exact | None = None,
+    ) -> None:
         """Verify one job and record the verdict; the job ends here whatever happens."""
         registry: Registry = self._component(Registry)
         try:
-            verdict = await self._verify(job, registry, source_digest)
+            verdict = await self._verify(job, registry, source_digest, taken)
         except (Stopping, DropItem):
             return
         if verdict is None:
@@ -96,7 +107,11 @@ class Verify:
         return self._component(Store)
 
     async def _verify(
-        self, job: ActiveJob, registry: Registry, source_digest: digest.Digest | None
+        self,
+        job: ActiveJob,
+        registry: Registry,
+        source_digest: digest.Digest | None,
+        taken: exact.Exact | None,
     ) -> Verdict | None:
         source: Source = self._component(Source)
         site, kind = job.subdomain, job.document_type
@@ -139,16 +154,36 @@ class Verify:
                 difference = await self._list(job, registry, differ)
             except SourceError as error:
                 note = f"the differing ids could not be listed: {error}"
-        return decide(
+        equal = source_digest is not None and not differ
+        method, exact_error = "digest", ""
+        if job.exact and source_digest is not None:
+            try:
+                found = (
+                    taken if taken is not None else await exact.check(job, registry, store, source)
+                )
+            except SourceError as error:
+                exact_error = f"the exact comparison could not be taken: {error}"
+                note = "; ".join(part for part in (note, exact_error) if part)
+            else:
+                equal, difference, exact_note = with_exact(equal, difference, found)
+                note = "; ".join(part for part in (note, exact_note) if part)
+                method = "exact"
+        verdict = decide(
             expected,
             actual,
             rejected,
-            equal=source_digest is not None and not differ,
+            equal=equal,
             difference=difference,
             max_rows=self.max_rows,
             max_ratio=self.max_ratio,
             note=note,
+            method=method,
         )
+        if exact_error and verdict.status == "passed":
+            # exact=true was asked for: equal digests alone do not pass then.
+            message = f"{exact_error}; the digests agree, not verified exactly. {verdict.message}"
+            return Verdict("unknown", expected, actual, rejected, None, None, None, message)
+        return verdict
 
     async def _sweep(
         self, job: ActiveJob, registry: Registry, source_digest: digest.Digest | None

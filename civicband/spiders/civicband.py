@@ -159,6 +159,7 @@ class CivicbandSpider(StoreSpider):
             document_types=arguments.document_types,
             mode=arguments.mode,
             allow_shrink=arguments.allow_shrink,
+            exact=arguments.exact,
         )
 
         async def work(conn: Any) -> tuple[int, bool, jobs.Queued]:
@@ -324,7 +325,11 @@ class CivicbandSpider(StoreSpider):
     def _start_job(self, claim: jobs.Claim) -> list[Request]:
         arguments = self.arguments
         job = self.registry.add(
-            claim, self.run_id, allow_shrink=arguments.allow_shrink, repair=arguments.repair
+            claim,
+            self.run_id,
+            allow_shrink=arguments.allow_shrink,
+            repair=arguments.repair,
+            exact=arguments.exact,
         )
         stats = self.crawler.stats
         stats.inc_value("civicband/jobs/started")
