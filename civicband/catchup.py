@@ -107,6 +107,18 @@ def shrink_refusal(
     )
 
 
+def shrinks(source_count: int, pages: int, removing: int, guard: float) -> bool:
+    """Whether removing these pages is past the shrink guard (SPEC §3).
+
+    The source's own count below the guard's share of the mirror's pages, or a removal that
+    would leave less than that share: the source's count includes rows the mirror rejects, so
+    a rebuild that makes every row unstorable shrinks the mirror although it counts as many.
+    """
+    if removing <= 0:
+        return False
+    return source_count < guard * pages or pages - removing < guard * pages
+
+
 def warn_large_removal(
     stats: StatsCollector, job: ActiveJob, *, removed: int, local: int, ratio: float
 ) -> None:
@@ -234,9 +246,7 @@ class CatchUp:
             await self._store(job, registry, rows, checked)
         if other_rows:
             await self._store(job, registry, other_rows, other_checked)
-        await self._delete(
-            job, registry, store, difference=difference, expected=expected, local=pages + rejected
-        )
+        await self._delete(job, registry, store, difference=difference, expected=expected)
         registry.exhausted(job, source_digest)
 
     def _cheaper_to_page(self, source: Source, site: str, fetch: int, expected: int) -> bool:
@@ -290,27 +300,28 @@ class CatchUp:
         *,
         difference: Difference,
         expected: int,
-        local: int,
     ) -> None:
         """Delete what complete listings lack, unless the source shrank past the guard."""
         md5s = [x for x in difference.stale_rejections if not digest.HEX_ID.match(x)]
         rejected_ids = [x for x in difference.stale_rejections if digest.HEX_ID.match(x)]
         if not (difference.extra or difference.stale_rejections):
             return
-        if difference.extra and not job.allow_shrink and expected < self.guard * local:
-            self.stats.inc_value("civicband/shrink/refused")
-            message = shrink_refusal(
-                job.subdomain,
-                job.document_type,
-                removing=len(difference.extra),
-                local=local,
-                source=expected,
-                guard=self.guard,
-            )
-            await registry.fail(job, message)
-            raise DropItem(message)
 
-        async def work(conn: Any) -> tuple[int, int]:
+        async def work(conn: Any) -> tuple[str, int, int, int]:
+            """(refusal, pages, 0, 0) when the guard holds; ("", pages, removed, unrejected)."""
+            # Weighed in the transaction that deletes, against the pages stored by now.
+            pages, _ = await mirror.local_counts(conn, job.subdomain, job.document_type)
+            removing = len(difference.extra)
+            if not job.allow_shrink and shrinks(expected, pages, removing, self.guard):
+                refusal = shrink_refusal(
+                    job.subdomain,
+                    job.document_type,
+                    removing=removing,
+                    local=pages,
+                    source=min(expected, pages - removing),
+                    guard=self.guard,
+                )
+                return refusal, pages, 0, 0
             removed = await mirror.delete(
                 conn,
                 job.subdomain,
@@ -320,17 +331,21 @@ class CatchUp:
                 rejected_md5s=md5s,
             )
             await jobs.count(conn, job.lease, removed=removed[0])
-            return removed
+            return "", pages, *removed
 
-        removed, unrejected = await guarded_write(
+        refusal, pages, removed, unrejected = await guarded_write(
             registry,
             job,
             "deleting vanished pages",
             store.transact(work, f"deleting for {job.lease}"),
         )
+        if refusal:
+            self.stats.inc_value("civicband/shrink/refused")
+            await registry.fail(job, refusal)
+            raise DropItem(refusal)
         self.stats.inc_value("civicband/catchup/deleted", removed)
         self.stats.inc_value("civicband/rows/unrejected", unrejected)
-        warn_large_removal(self.stats, job, removed=removed, local=local, ratio=self.warn_ratio)
+        warn_large_removal(self.stats, job, removed=removed, local=pages, ratio=self.warn_ratio)
         logger.info(
             "%s catch-up: removed %d pages and %d rejections the source no longer has",
             job,

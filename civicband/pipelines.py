@@ -47,7 +47,7 @@ class PageWriter:
                 fetched=len(item.rows),
                 created=stored.created,
                 updated=stored.updated,
-                errors=len(page.rejected),
+                errors=page.rejected_rows,
                 removed=stored.dropped,
                 final=item.final,
             )
@@ -80,7 +80,7 @@ class PageWriter:
                 fetched=len(rows),
                 created=stored.created,
                 updated=stored.updated,
-                errors=len(page.rejected),
+                errors=page.rejected_rows,
                 removed=stored.dropped,
                 final=False,
             )
@@ -103,7 +103,7 @@ class PageWriter:
         stats.inc_value("civicband/rows/changed", stored.changed)
         stats.inc_value("civicband/rows/unrejected", stored.unrejected)
         stats.inc_value("civicband/pages/replaced_by_rejection", stored.dropped)
-        stats.inc_value("civicband/rows/rejected", len(page.rejected))
+        stats.inc_value("civicband/rows/rejected", page.rejected_rows)
         stats.inc_value("civicband/rows/nul_removed", page.nul_removed)
         for rejection in page.rejected:
             logger.warning(

@@ -63,6 +63,12 @@ class PageRows:
     clean: list[CleanRow] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     nul_removed: int = 0
+
+    @property
+    def rejected_rows(self) -> int:
+        """Source rows rejected: identical twins are one Rejection, but every copy is a row."""
+        return sum(rejection.copies for rejection in self.rejected)
+
     # PostgreSQL types of CleanRow's fields, in order (the staging table's columns): a binary
     # COPY sends `clean` as it is, and PostgreSQL reads it without parsing text.
     copy_types: ClassVar[tuple[str, ...]] = (

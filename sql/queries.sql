@@ -318,15 +318,15 @@ ON CONFLICT DO NOTHING
 -- What a full pass saw, per hex bucket, summed as the source's digest sums ids: the ids it
 -- stored and the rejections it met again. A bucket whose sums equal the source's was seen whole.
 WITH ids AS (
-    SELECT id FROM job_seen_ids WHERE job_id = %(job_id)s
+    SELECT id, 1 AS copies FROM job_seen_ids WHERE job_id = %(job_id)s
     UNION ALL
-    SELECT row_id FROM rejected_rows
+    SELECT row_id, copies FROM rejected_rows
      WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
        AND job_id = %(job_id)s AND reason <> %(invalid_id)s
 )
-SELECT substr(id, 1, 2) AS bucket, count(*) AS n,
-       sum(('x' || substr(id, 1, 6))::bit(24)::int) AS hi,
-       sum(('x' || substr(id, 7, 6))::bit(24)::int) AS lo
+SELECT substr(id, 1, 2) AS bucket, sum(copies) AS n,
+       sum(copies * ('x' || substr(id, 1, 6))::bit(24)::int) AS hi,
+       sum(copies * ('x' || substr(id, 7, 6))::bit(24)::int) AS lo
 FROM ids WHERE id ~ '^[0-9a-f]{12}$' GROUP BY 1
 
 -- name: sweep_preview

@@ -13,7 +13,9 @@ CREATE TABLE municipalities (
     created    timestamptz NOT NULL DEFAULT now(),
     modified   timestamptz NOT NULL DEFAULT now(),
     -- which Datasette line the site speaks (its columns are learned from every answer)
-    source_dialect text
+    source_dialect text,
+    -- no longer used (0006): kept for workers of the previous version sharing the database
+    source_legacy  boolean
 );
 
 CREATE TABLE meeting_documents (

@@ -17,7 +17,7 @@ from scrapy.exceptions import DropItem, NotConfigured
 
 from civicband import db, digest, exact, jobs, mirror
 from civicband import signals as civicband_signals
-from civicband.catchup import other_difference, shrink_refusal, warn_large_removal
+from civicband.catchup import other_difference, shrink_refusal, shrinks, warn_large_removal
 from civicband.datasette import SourceError
 from civicband.digest import OTHER, Difference
 from civicband.pipelines import guarded_write
@@ -207,9 +207,10 @@ class Verify:
                 source_digest, await mirror.seen_digest(conn, site, kind, job.job_id)
             )
             local, unseen = await mirror.sweep_preview(conn, site, kind, job.job_id, whole)
-            if unseen > 0 and source_count < self.guard * local and not job.allow_shrink:
+            if not job.allow_shrink and shrinks(source_count, local, unseen, self.guard):
+                held = min(source_count, local - unseen)
                 refusal = shrink_refusal(
-                    site, kind, removing=unseen, local=local, source=source_count, guard=self.guard
+                    site, kind, removing=unseen, local=local, source=held, guard=self.guard
                 )
                 return refusal, local, unseen, 0
             removed, unrejected = await mirror.sweep(conn, site, kind, job.job_id, whole)

@@ -516,6 +516,10 @@ class CivicbandSpider(StoreSpider):
             # Datasette's `next` is the last row's key: a page without rows has none to give.
             return f"a page without rows says more follow (`next` {page.next!r})"
         ids = [r["id"] for r in page.rows if isinstance(r, dict) and isinstance(r.get("id"), str)]
+        if page.next is not None and not ids and cursor is not None:
+            # NULL ids sort first, so only a first page may hold nothing else: past it, a page
+            # with no id to advance by, and a `next`, would never end.
+            return f"a page without ids says more follow (`next` {page.next!r})"
         if ids and job.last_id is not None and min(ids) <= job.last_id:
             return f"ids do not increase ({min(ids)!r} after {job.last_id!r})"
         if ids:

@@ -4,6 +4,7 @@
 -- count every copy the source holds, or a faithful copy never passes.
 ALTER TABLE rejected_rows ADD COLUMN copies integer NOT NULL DEFAULT 1 CHECK (copies >= 1);
 
--- Which columns a site has is learned from every answer, never remembered from an earlier
--- rebuild (a site mirrored with six columns gains two when it is rebuilt).
-ALTER TABLE municipalities DROP COLUMN source_legacy;
+-- municipalities.source_legacy is no longer read or written: which columns a site has is
+-- learned from every answer (a site mirrored with six columns gains two when it is rebuilt).
+-- It stays until a later release, so that workers of the previous version sharing this
+-- database keep running.

@@ -93,3 +93,25 @@ def test_identical_rows_without_ids_are_a_faithful_copy_that_passes(database_url
     for run in (first, crawl(database_url, source, *args)):
         assert run.returncode == 0, run
     assert [j["verify_status"] for j in jobs(database_url, site.subdomain)] == ["passed"] * 2
+
+
+@pytest.mark.parametrize("mode", ["full=true", "repair=true"])
+def test_a_rebuild_whose_rows_the_mirror_must_reject_removes_no_page(database_url, source, mode):
+    agendas = data.make_rows("agendas", 200, seed="unstorable")
+    site = source.create_site(agendas=agendas, minutes=0)
+    register(database_url, site)
+    args = (f"subdomain={site.subdomain}", "document_type=agenda")
+    assert crawl(database_url, source, *args).returncode == 0
+    # Rebuilt with dates the mirror cannot store: new ids, as many rows, every one rejected.
+    broken = []
+    for row in agendas:
+        date = "{1}/{2}/{0}".format(*row["date"].split("-"))
+        new_id = data.row_id("agendas", row["meeting"], date, row["page"], row["text"])
+        broken.append({**row, "date": date, "id": new_id})
+    site.rebuild(broken, 0)
+    result = crawl(database_url, source, *args, mode)
+    assert result.returncode == 1, result
+    job = jobs(database_url, site.subdomain)[-1]
+    assert job["last_error"].startswith("Refusing to remove 200 of 200 pages"), job
+    assert result.stats["civicband/shrink/refused"] == 1
+    assert len(mirrored(database_url, site.subdomain, "agenda")) == 200
