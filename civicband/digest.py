@@ -157,8 +157,11 @@ def _inner_sql(table: str, columns: Iterable[str], where: str, hexes: str = ":h"
     lengths = "".join(f",length({column}) as l{alias}" for column, alias in have)
     joined = "||".join(f"ifnull({c},'')" for c, _ in CONTENT_COLUMNS if c in set(columns))
     named = f",hex({joined}) as x{lengths}" if have else ""
+    # LIMIT -1 keeps SQLite from flattening this query into the outer one, which would compute
+    # hex() and the id's half once for every use of x and o instead of once a row.
     return (
-        f"select id,{_CONFORMS} as c,{_half_sql(7, hexes)} as o{named} from {table} where {where}"
+        f"select id,{_CONFORMS} as c,{_half_sql(7, hexes)} as o{named} from {table}"
+        f" where {where} limit -1"
     )
 
 
