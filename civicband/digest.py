@@ -9,9 +9,18 @@ lowercase hex digits (NULL, short, upper case, anything else) all fall in the bu
 counted there; they are compared id by id when that bucket differs.
 
 PostgreSQL reproduces the id sums with `('x' || substr(id, 1, 6))::bit(24)::int`
-(sql/queries.sql: `local_digest`). The fingerprint cannot be recomputed there once NULs are
-removed from the text, so it is computed in Python when a row is stored (`content_fp`) with
-SQLite's own semantics: text ends at its first NUL.
+(sql/queries.sql: `local_digest`). The fingerprint is computed in Python when a row is stored
+(`content_fp`), from the values as the source's SQLite holds them: PostgreSQL cannot hold a NUL,
+so it could not recompute it for such a value (sql/: `civicband_content_fp` does, for the rest).
+
+The fingerprint is a sample, not a hash (core SQLite has none), designed against the changes
+that really happen and measured by bench/fingerprint.py: over the hex digits of the values
+joined, the count of each hex digit (so any byte corrected at the same length, a case or a
+`\\uXXXX` escape, changes a count) and where the first of each decimal digit and of the votes
+`nay"` and `aye"` stand (so a tally or a vote moved without changing any count changes a
+position), plus each value's length; modulo a prime, times a factor from the id, so two rows
+exchanging values change their bucket's sum. Hex digits are the same bytes on every side: text
+with NUL, invalid UTF-8 and BLOBs included.
 """
 
 from __future__ import annotations
