@@ -7,6 +7,8 @@ that says it is not, and no page the source still has is removed.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.e2e.crawl import (
@@ -17,6 +19,7 @@ from tests.e2e.crawl import (
     mirrored,
     register,
 )
+from tests.e2e.test_catchup import change_in_place
 from tests.lookalike import data
 
 
@@ -115,3 +118,70 @@ def test_a_rebuild_whose_rows_the_mirror_must_reject_removes_no_page(database_ur
     assert job["last_error"].startswith("Refusing to remove 200 of 200 pages"), job
     assert result.stats["civicband/shrink/refused"] == 1
     assert len(mirrored(database_url, site.subdomain, "agenda")) == 200
+
+
+def clerk_votes(ayes: int, nays: int, names: tuple[str, ...]) -> str:
+    """votes_json as clerk writes it: one motion, its tally and each member's vote."""
+    members = [{"name": n, "vote": "aye" if i < ayes else "nay"} for i, n in enumerate(names)]
+    vote = {
+        "motion_by": names[0],
+        "seconded_by": names[1],
+        "result": "passed",
+        "tally": {"ayes": ayes, "nays": nays, "abstain": None, "absent": None},
+        "individual_votes": members,
+        "raw_text": f"Motion carried {ayes}-{nays}.",
+    }
+    return json.dumps({"votes": [vote]})
+
+
+MEMBERS = ("Park", "Ward", "Lee", "Diaz", "Chen", "Moss", "Kahn")
+
+
+def test_a_vote_corrected_at_the_same_length_is_caught_up_never_passed(database_url, source):
+    agendas = data.make_rows("agendas", 300, seed="corrected-votes")
+    for row in agendas[:10]:
+        row["votes_json"] = clerk_votes(7, 0, MEMBERS)
+    site = source.create_site(agendas=agendas, minutes=0)
+    register(database_url, site)
+    args = (f"subdomain={site.subdomain}", "document_type=agenda")
+    assert crawl(database_url, source, *args).returncode == 0
+    # clerk re-extracts: 7-0 was 6-1, every length the same.
+    corrected = clerk_votes(6, 1, MEMBERS)
+    assert len(corrected) == len(agendas[0]["votes_json"])
+    change_in_place(site, "agendas", [row["id"] for row in agendas[:10]], votes_json=corrected)
+
+    crawl(database_url, source, *args, "verify_only=true")
+    checked = jobs(database_url, site.subdomain)[-1]
+    assert (checked["verify_status"], checked["stale_count"]) == ("failed", 10), checked
+
+    caught_up = crawl(database_url, source, *args)
+    assert caught_up.returncode == 0, caught_up
+    job = jobs(database_url, site.subdomain)[-1]
+    assert (job["mode"], job["verify_status"], job["pages_updated"]) == ("catchup", "passed", 10)
+    assert_mirror_equals_source(database_url, site, ("agenda",))
+
+
+def test_two_rows_of_one_bucket_exchanging_votes_are_caught_up(database_url, source):
+    agendas = data.make_rows("agendas", 600, seed="exchange")
+    by_bucket: dict[str, list[dict]] = {}
+    for row in agendas:
+        by_bucket.setdefault(row["id"][:2], []).append(row)
+    one, two = next(rows for rows in by_bucket.values() if len(rows) >= 2)[:2]
+    one["votes_json"] = clerk_votes(7, 0, MEMBERS)
+    two["votes_json"] = clerk_votes(5, 2, MEMBERS)
+    site = source.create_site(agendas=agendas, minutes=0)
+    register(database_url, site)
+    args = (f"subdomain={site.subdomain}", "document_type=agenda")
+    assert crawl(database_url, source, *args).returncode == 0
+    change_in_place(site, "agendas", [one["id"]], votes_json=two["votes_json"])
+    change_in_place(site, "agendas", [two["id"]], votes_json=one["votes_json"])
+
+    crawl(database_url, source, *args, "verify_only=true")
+    checked = jobs(database_url, site.subdomain)[-1]
+    assert (checked["verify_status"], checked["stale_count"]) == ("warned", 2), checked
+
+    caught_up = crawl(database_url, source, *args)
+    assert caught_up.returncode == 0, caught_up
+    job = jobs(database_url, site.subdomain)[-1]
+    assert (job["verify_status"], job["pages_updated"]) == ("passed", 2), job
+    assert_mirror_equals_source(database_url, site, ("agenda",))
