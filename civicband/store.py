@@ -20,8 +20,8 @@ from scrapy.statscollectors import StatsCollector
 
 from civicband import db
 from civicband import signals as civicband_signals
+from civicband.backoff import backoff_delay
 from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
-from civicband.middlewares import backoff_delay
 
 logger = logging.getLogger(__name__)
 

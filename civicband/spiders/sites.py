@@ -25,7 +25,8 @@ from scrapy.settings import BaseSettings
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
-from civicband.args import ArgumentError, check_number_settings
+from civicband.args import ArgumentError
+from civicband.config import check_settings
 from civicband.datasette import SUBDOMAIN
 from civicband.db import DatabaseError, one_line, query, redact
 from civicband.source import service_headers
@@ -253,10 +254,7 @@ class SitesSpider(StoreSpider):
         unknown = sorted(name for name in kwargs if not name.startswith("_"))  # scrapyd's _job
         if unknown:
             raise ArgumentError(f"{unknown[0]}: civicband-sites takes no arguments")
-        check_number_settings(
-            settings,
-            ("CIVICBAND_DB_POOL_SIZE", "CIVICBAND_DB_TIMEOUT", "CIVICBAND_LEASE_CHECK_INTERVAL"),
-        )
+        check_settings(settings)
         return check_index_url(settings.get("CIVICBAND_INDEX_URL"))
 
     @classmethod
