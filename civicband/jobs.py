@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from civicband.db import query
-from civicband.store import LEASE_CLASS, RUN_CLASS
+from civicband.leases import LEASE_CLASS, RUN_CLASS
 from civicband.verify import Verdict
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,9 @@
-"""The crawl's one way into PostgreSQL: find or start the server, migrate, pool, and hold leases."""
+"""This process's leases: one connection holding every job's and run's advisory lock.
+
+`Leases` is the one owner of the lease set: it takes and gives back job leases, joins runs,
+keeps the connection used so that a cut is seen within seconds, and after a cut takes every
+lock again, telling the registry which jobs another process holds now.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,16 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from scrapy import signals
-from scrapy.crawler import Crawler
 from scrapy.signalmanager import SignalManager
 from scrapy.statscollectors import StatsCollector
 
 from civicband import db
 from civicband import signals as civicband_signals
-from civicband.backoff import backoff_delay
-from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 logger = logging.getLogger(__name__)
-
-
-def application_name(role: str) -> str:
-    """Who holds a connection, as pg_stat_activity shows it: the crawl's host and process."""
-    return f"civicband {role} {socket.gethostname()}:{os.getpid()}"[:63]
-
 
 LEASE_CLASS = 0x63626A62  # "cbjb": the first key of every job's advisory lock
 RUN_CLASS = 0x6362726E  # "cbrn": the first key of every run's shared advisory lock
@@ -44,131 +36,67 @@ LEASE_KEEPALIVES = {
     "tcp_user_timeout": 25_000,
 }
 
-T = TypeVar("T")
+
+def application_name(role: str) -> str:
+    """Who holds a connection, as pg_stat_activity shows it: the crawl's host and process."""
+    return f"civicband {role} {socket.gethostname()}:{os.getpid()}"[:63]
 
 
-class Store:
-    """Open the database once per crawl, on first use, and close it when the engine stops."""
+class Leases:
+    """The lease connection and the job leases and run locks it holds (session advisory locks)."""
 
     def __init__(
         self,
-        url: str | None,
-        home: Path,
-        pool_size: int,
         *,
-        timeout: float = 10.0,
-        retries: int = 6,
-        backoff: tuple[float, float] = (1.0, 60.0),
+        timeout: float,
+        check_interval: float,
         stats: StatsCollector | None = None,
-        check_interval: float = 5.0,
         signals: SignalManager | None = None,
     ) -> None:
-        self.url = url
         self.timeout = timeout
-        self.home = home
-        self.pool_size = pool_size
-        self.retries = retries
-        self.backoff = backoff
+        self.check_interval = check_interval
         self.stats = stats
-        self.embedded: EmbeddedPostgres | None = None
-        self.pool: AsyncConnectionPool | None = None
-        self._opening = asyncio.Lock()
-        # One connection holds this process's leases (session advisory locks) and its run lock.
-        self.lease: psycopg.AsyncConnection | None = None
+        self.signals = signals
+        self.url: str | None = None
+        self.connection: psycopg.AsyncConnection | None = None
         self.leased: set[int] = set()
         self.runs: set[int] = set()
         self._leasing = asyncio.Lock()
-        self.check_interval = check_interval
-        self.signals = signals
         self._checking: asyncio.Task | None = None
 
-    @classmethod
-    def from_crawler(cls, crawler: Crawler) -> Self:
-        """Read the database settings; close when the engine stops (after every close step)."""
-        settings = crawler.settings
-        store = cls(
-            url=settings.get("CIVICBAND_DATABASE_URL") or None,
-            home=Path(settings.get("CIVICBAND_HOME") or ".civicband"),
-            pool_size=settings.getint("CIVICBAND_DB_POOL_SIZE"),
-            timeout=settings.getfloat("CIVICBAND_DB_TIMEOUT"),
-            retries=settings.getint("CIVICBAND_DB_RETRIES"),
-            backoff=(
-                settings.getfloat("CIVICBAND_BACKOFF_BASE"),
-                settings.getfloat("CIVICBAND_BACKOFF_MAX"),
-            ),
-            stats=crawler.stats,
-            check_interval=settings.getfloat("CIVICBAND_LEASE_CHECK_INTERVAL"),
-            signals=crawler.signals,
-        )
-        crawler.signals.connect(store.engine_stopped, signal=signals.engine_stopped)
-        return store
+    async def open(self, url: str) -> None:
+        """Connect, and keep the connection used every CIVICBAND_LEASE_CHECK_INTERVAL."""
+        self.url = url
+        await self._connect()
+        self._checking = asyncio.ensure_future(self._check())
 
-    @property
-    def is_open(self) -> bool:
-        """Whether open() succeeded and close() has not run."""
-        return self.pool is not None
+    async def close(self) -> None:
+        """Stop checking and close the connection, which frees every lock still held."""
+        if self._checking is not None:
+            self._checking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checking
+            self._checking = None
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None
 
-    async def open(self) -> None:
-        """Connect, starting the embedded server and applying migrations first if needed."""
-        async with self._opening:
-            if self.pool is not None:
-                return
-            if self.url is None:
-                self.embedded = EmbeddedPostgres(self.home)
-                try:
-                    self.url = await asyncio.to_thread(self.embedded.start)
-                except EmbeddedPostgresError as error:
-                    raise db.DatabaseError(str(error)) from None
-                logger.info(
-                    "Embedded PostgreSQL: data in %s, log in %s",
-                    self.embedded.data_dir,
-                    self.embedded.log_path,
-                )
-            await asyncio.to_thread(self._migrate, self.url)
-            pool = AsyncConnectionPool(
-                self.url,
-                kwargs={"application_name": application_name("pages")},
-                min_size=1,
-                max_size=self.pool_size,
-                open=False,
-                configure=self._configure,
-                check=AsyncConnectionPool.check_connection,
-                # How long a page waits for a connection before its retry logic takes over.
-                timeout=self.timeout,
-                name="civicband",
-            )
-            try:
-                await pool.open(wait=True, timeout=self.timeout)
-            except (PoolTimeout, psycopg.Error) as error:
-                await pool.close()
-                raise db.DatabaseError(
-                    f"cannot connect to {db.redact(self.url)}: {db.one_line(error)}"
-                ) from None
-            self.pool = pool
-            await self._connect_lease()
-            self._checking = asyncio.ensure_future(self._check_lease())
-            logger.info("Mirror database: %s", db.redact(self.url))
-
-    async def _connect_lease(self) -> None:
+    async def _connect(self) -> None:
         assert self.url is not None
-        try:
-            self.lease = await psycopg.AsyncConnection.connect(
+        async with db.wrap_exceptions(f"cannot connect to {db.redact(self.url)}"):
+            self.connection = await psycopg.AsyncConnection.connect(
                 self.url,
                 autocommit=True,
-                connect_timeout=max(1, round(self.timeout)),
+                connect_timeout=db.connect_timeout(self.timeout),
                 application_name=application_name("lease"),
                 **LEASE_KEEPALIVES,
             )
-        except psycopg.Error as error:
-            raise db.DatabaseUnavailable(
-                f"cannot connect to {db.redact(self.url)}: {db.one_line(error)}"
-            ) from None
 
     async def _lock(self, name: str, params: dict[str, Any]) -> bool:
         """One advisory-lock query on the lease connection."""
-        assert self.lease is not None
+        assert self.connection is not None
         async with db.wrap_exceptions():
-            row = await (await self.lease.execute(db.query(name), params)).fetchone()
+            row = await (await self.connection.execute(db.query(name), params)).fetchone()
         return bool(row and row[0] is not False)
 
     async def try_lease(self, job_id: int) -> bool:
@@ -185,7 +113,7 @@ class Store:
             if job_id not in self.leased:
                 return
             self.leased.discard(job_id)
-            if self.lease is None or self.lease.closed or self.lease.broken:
+            if not self._usable():
                 return
             try:
                 await self._lock("release_lease", {"class": LEASE_CLASS, "job_id": job_id})
@@ -198,7 +126,7 @@ class Store:
             await self._lock("join_run", {"class": RUN_CLASS, "run_id": run_id})
             self.runs.add(run_id)
 
-    async def _check_lease(self) -> None:
+    async def _check(self) -> None:
         """Use the lease connection every few seconds, so one cut while idle is renewed at once."""
         while True:
             await asyncio.sleep(self.check_interval)
@@ -211,14 +139,21 @@ class Store:
                     self.check_interval,
                 )
 
-    async def _lease_alive(self) -> bool:
+    def _usable(self) -> bool:
+        """Whether there is a connection that is neither closed nor known broken."""
+        conn = self.connection
+        return conn is not None and not conn.closed and not conn.broken
+
+    async def _alive(self) -> bool:
         """Whether the lease connection still answers (a cheap round trip)."""
-        if self.lease is None or self.lease.closed or self.lease.broken:
+        if not self._usable():
             return False
+        assert self.connection is not None
         try:
-            await self.lease.execute("SELECT 1")
-        except psycopg.Error as error:
-            logger.warning("The lease connection was lost: %s", db.one_line(error))
+            async with db.wrap_exceptions():
+                await self.connection.execute("SELECT 1")
+        except db.DatabaseError as error:
+            logger.warning("The lease connection was lost: %s", error)
             return False
         return True
 
@@ -229,11 +164,11 @@ class Store:
         whose tokens the registry checks (another process may have claimed one in between).
         """
         async with self._leasing:
-            if await self._lease_alive():
+            if await self._alive():
                 return
-            if self.lease is not None:
-                await self.lease.close()
-            await self._connect_lease()
+            if self.connection is not None:
+                await self.connection.close()
+            await self._connect()
             for run_id in sorted(self.runs):
                 await self._lock("join_run", {"class": RUN_CLASS, "run_id": run_id})
             lost = set()
@@ -252,86 +187,3 @@ class Store:
             self.signals.send_catch_log(
                 civicband_signals.leases_renewed, lost=sorted(lost), kept=kept
             )
-
-    async def transact(
-        self, work: Callable[[psycopg.AsyncConnection], Awaitable[T]], what: str
-    ) -> T:
-        """Run `work` in one transaction, again on a fresh connection after a lost one.
-
-        Database errors come out translated (db.wrap_exceptions); DatabaseUnavailable only once
-        CIVICBAND_DB_RETRIES retries, spaced by the same backoff as requests, are used up.
-        """
-        attempt = 0
-        while True:
-            try:
-                async with db.wrap_exceptions(), self.connection() as conn, conn.transaction():
-                    return await work(conn)
-            except db.DatabaseUnavailable as error:
-                attempt += 1
-                if attempt > self.retries:
-                    raise
-                delay = backoff_delay(attempt, *self.backoff, 0.0)
-                if self.stats is not None:
-                    self.stats.inc_value("civicband/db/retries")
-                logger.warning(
-                    "Database trouble while %s (%s); retrying in %.1f s", what, error, delay
-                )
-                await asyncio.sleep(delay)
-                with contextlib.suppress(db.DatabaseError):  # still down: the next try says so
-                    await self.renew()
-
-    @staticmethod
-    def _migrate(url: str) -> None:
-        with db.connect(url) as conn:
-            try:
-                applied = db.migrate(conn)
-            except psycopg.Error as error:
-                raise db.DatabaseError(
-                    f"cannot apply the schema to {db.redact(url)}: {db.one_line(error)}"
-                ) from None
-        if applied:
-            logger.info("Applied schema migrations %s", applied)
-
-    @staticmethod
-    async def _configure(conn: psycopg.AsyncConnection) -> None:
-        # A page (up to 1000 rows of OCR text) stays in memory instead of spilling to disk.
-        await conn.execute("SET temp_buffers = '64MB'")
-        # Session settings that change no result and no durability, applied where the server
-        # has them: no JIT (each page's statements run for milliseconds; compiling them would
-        # cost more), and lz4 for values PostgreSQL compresses (TOAST), which takes a fraction
-        # of pglz's CPU time, here most of a page's COPY (pages take more disk: 81 MB instead
-        # of 63 MB for the benchmark's 60,000 rows).
-        await conn.execute(
-            "SELECT set_config(v.name, v.value, false)"
-            " FROM (VALUES ('jit', 'off'), ('default_toast_compression', 'lz4')) AS v (name, value)"
-            " JOIN pg_settings s ON s.name = v.name"
-            " WHERE s.enumvals IS NULL OR v.value = ANY (s.enumvals)"
-        )
-        await conn.execute(db.query("staging_table"))
-        await conn.commit()
-
-    def connection(self):  # noqa: ANN201 - psycopg's own context manager type
-        """Borrow a pooled connection."""
-        assert self.pool is not None, "Store.open() was not awaited"
-        return self.pool.connection()
-
-    async def close(self) -> None:
-        """Close the pool and stop the embedded server if this process started it."""
-        if self._checking is not None:
-            self._checking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checking
-            self._checking = None
-        if self.lease is not None:
-            await self.lease.close()  # releases every lease and run lock still held
-            self.lease = None
-        if self.pool is not None:
-            await self.pool.close()
-            self.pool = None
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
-            self.embedded = None
-
-    async def engine_stopped(self) -> None:
-        """Release the database once the crawl and everything that records its end are done."""
-        await self.close()
