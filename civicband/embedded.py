@@ -46,6 +46,8 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from civicband import db
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DBNAME = "civicband"
@@ -121,7 +123,7 @@ class EmbeddedPostgres:
                     self._register(os.getpid())
         except EmbeddedPostgresError:
             raise
-        except (OSError, ValueError, psycopg.Error) as error:
+        except (OSError, ValueError, db.DatabaseError) as error:
             raise EmbeddedPostgresError(
                 f"embedded PostgreSQL failed to start: {_one_line(error)}; see {self.log_path}"
             ) from None
@@ -288,9 +290,9 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + 15
         while True:
             try:
-                with psycopg.connect(self.url("postgres"), connect_timeout=5):
+                with db.wrap_exceptions(), psycopg.connect(self.url("postgres"), connect_timeout=5):
                     return True
-            except psycopg.OperationalError as error:
+            except db.DatabaseUnavailable as error:
                 if not _pid_alive(pid):
                     return False
                 if time.monotonic() > deadline:
@@ -312,7 +314,8 @@ class EmbeddedPostgres:
 
     def _ensure_database(self, dbname: str) -> None:
         """Create the mirror's database on first start (we hold the home lock: no race)."""
-        with psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=10) as conn:
+        url = self.url("postgres")
+        with db.connect(url, timeout=10, autocommit=True) as conn, db.wrap_exceptions():
             found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
             if found.fetchone() is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
