@@ -34,8 +34,8 @@ from tests.e2e.crawl import (
     start_crawl,
     wait_for,
 )
+from tests.integration.test_lost_commit import proxied
 from tests.pg import with_dbname
-from tests.test_lost_commit import proxied
 
 PAGES = "/{}/meetings/(agendas|minutes)\\.json"
 
