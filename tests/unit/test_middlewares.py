@@ -278,11 +278,14 @@ def test_retry_after_sets_the_pause_else_the_window():
     assert mw.pauses.until("elsewhere") - clock() == 30.0
 
 
-def test_rate_limit_waits_are_bounded():
+@pytest.mark.parametrize(("status", "body"), [(402, RATE_LIMITED), (429, b"")])
+def test_rate_limit_waits_are_bounded(status, body):
     mw = middleware(CIVICBAND_RATE_LIMIT_MAX_WAITS=2)
     req = request(**{RATE_LIMIT_WAITS: 2})
-    resp = answer(req, 402, RATE_LIMITED)
-    assert mw.process_response(req, resp) is resp  # to the errback: HTTP 402
+    resp = answer(req, status, body)
+    # To the errback with its own status: the job fails with `HTTP 402` or `HTTP 429`.
+    assert mw.process_response(req, resp) is resp
+    assert resp.status == status and req.meta[RETRIES_EXHAUSTED] is True
     assert stats(mw)["civicband/ratelimit/gave_up"] == 1
 
 
