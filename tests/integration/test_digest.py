@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 
 from civicband import db, digest, mirror
+from civicband.reads import COLUMNS, LEGACY_COLUMNS
 from civicband.rows import INVALID_ID, MAX_ID_LENGTH, clean_page
-from civicband.source import COLUMNS, LEGACY_COLUMNS
 from civicband.store import Store
 from tests.lookalike import data
 

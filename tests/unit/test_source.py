@@ -8,8 +8,9 @@ from typing import Any
 from scrapy.utils.test import get_crawler
 
 from civicband import settings as project
-from civicband.datasette import TablePage
-from civicband.source import COLUMNS, LEGACY_COLUMNS, LacksColumn, Source
+from civicband.datasette import LacksColumn, TablePage
+from civicband.reads import COLUMNS, LEGACY_COLUMNS
+from civicband.source import Source
 
 
 def test_a_site_without_the_json_columns_is_asked_again_without_them_and_counted():
@@ -26,7 +27,9 @@ def test_a_site_without_the_json_columns_is_asked_again_without_them_and_counted
         return answer
 
     source.sql = sql  # type: ignore[method-assign]
-    page = asyncio.run(source._with_columns("old.ca", lambda cols: ("SELECT 1", {"columns": cols})))
+    page = asyncio.run(
+        source.reads._with_columns("old.ca", lambda cols: ("SELECT 1", {"columns": cols}))
+    )
     assert page is answer
     assert asked == [COLUMNS, LEGACY_COLUMNS]
     assert crawler.stats.get_value("civicband/source/legacy_answers") == 1
