@@ -31,7 +31,7 @@ import harness
 from harness import MB
 
 from civicband import datasette, digest
-from civicband.source import COLUMNS
+from civicband.reads import COLUMNS
 
 data = harness.data
 LIMIT_S = 3.0  # civic.band's sql_time_limit_ms

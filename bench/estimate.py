@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from civicband import datasette, digest, settings
-from civicband.source import COLUMNS
+from civicband.reads import COLUMNS
 
 URL_LIMIT = 2083  # Scrapy's URLLENGTH_LIMIT
 ROOT = "https://oakland.ca.civic.band"

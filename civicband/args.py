@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,44 +50,6 @@ class SpiderArguments:
         if self.repair:
             return "repair"
         return "full" if self.full else "default"
-
-
-# Numeric settings, each (kind, lowest, highest or None): a bad value is refused by name
-# before any request, instead of failing later inside a component with a traceback.
-NUMBER_SETTINGS: dict[str, tuple[type, float, float | None]] = {
-    "CIVICBAND_DB_POOL_SIZE": (int, 1, None),
-    "CIVICBAND_DB_RETRIES": (int, 0, None),
-    "CIVICBAND_DB_TIMEOUT": (float, 0.1, None),
-    "CIVICBAND_LEASE_CHECK_INTERVAL": (float, 0.1, None),
-    "CIVICBAND_MAX_ACTIVE_JOBS": (int, 1, None),
-    "CIVICBAND_DIGEST_SPLIT_ROWS": (int, 0, None),
-    "CIVICBAND_PROGRESS_INTERVAL": (float, 0, None),
-    "CIVICBAND_VERIFY_MAX_MISSING_ROWS": (int, 0, None),
-    "CIVICBAND_VERIFY_MAX_MISSING_RATIO": (float, 0, 1),
-    "CIVICBAND_SHRINK_GUARD": (float, 0, 1),
-    "CIVICBAND_REMOVAL_WARN_RATIO": (float, 0, 1),
-    "CIVICBAND_MONITOR_MAX_REJECTED": (int, 0, None),
-}
-
-
-def check_number_settings(settings: Any, names: Any = None) -> None:
-    """Every numeric setting is a number within its range, or a one-line error naming it."""
-    for name in names or NUMBER_SETTINGS:
-        kind, low, high = NUMBER_SETTINGS[name]
-        raw = settings.get(name)
-        try:
-            value = kind(str(raw).strip()) if raw is not None else None
-        except ValueError:
-            value = None
-        if (
-            value is None
-            or not math.isfinite(value)
-            or value < low
-            or (high is not None and value > high)
-        ):
-            what = "a whole number" if kind is int else "a number"
-            span = f"from {low:g}" + (f" to {high:g}" if high is not None else " up")
-            raise ArgumentError(f"{name}: expected {what} {span}, got {raw!r}")
 
 
 def parse_bool(name: str, value: Any) -> bool:

@@ -24,6 +24,27 @@ class SourceError(Exception):
         self.retryable = retryable
 
 
+class Interrupted(SourceError):
+    """The query hit the site's time limit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
+
+
+class UnknownSite(SourceError):
+    """The site redirects to civic.band's index: it does not exist."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class LacksColumn(SourceError):
+    """An older site without entities_json/votes_json refused a query naming them."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
 @dataclass(frozen=True)
 class TablePage:
     """One page of a table: its rows as objects and the token for the next page, if any."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
 from urllib.parse import unquote
@@ -25,15 +23,43 @@ class DatabaseUnavailable(DatabaseError):
     """The connection was lost or none could be had in time: worth retrying on a fresh one."""
 
 
-@asynccontextmanager
-async def wrap_exceptions() -> AsyncIterator[None]:
-    """Translate the driver's errors in one place: transient ones can be retried, others not."""
-    try:
-        yield
-    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as error:
-        raise DatabaseUnavailable(one_line(error)) from error
-    except psycopg.Error as error:
-        raise DatabaseError(one_line(error)) from error
+TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+
+
+def translate(error: psycopg.Error | PoolTimeout, what: str = "") -> DatabaseError:
+    """The driver's error as ours: transient ones can be retried, others not; one line."""
+    kind = DatabaseUnavailable if isinstance(error, TRANSIENT) else DatabaseError
+    text = one_line(error)
+    return kind(f"{what}: {text}" if what else text)
+
+
+class wrap_exceptions:  # noqa: N801 - used as a function, like contextlib's helpers
+    """Translate the driver's errors in one place, around blocking (with) or async work."""
+
+    def __init__(self, what: str = "") -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        """Nothing to set up: only errors leaving the block matter."""
+
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> None:
+        """A driver's error leaves as DatabaseError or DatabaseUnavailable; others as they are."""
+        if isinstance(error, psycopg.Error | PoolTimeout):
+            raise translate(error, self.what) from error
+
+    async def __aenter__(self) -> None:
+        """As __enter__."""
+
+    async def __aexit__(
+        self, kind: type | None, error: BaseException | None, trace: object
+    ) -> None:
+        """As __exit__."""
+        self.__exit__(kind, error, trace)
+
+
+def connect_timeout(seconds: float) -> int:
+    """CIVICBAND_DB_TIMEOUT as libpq's connect_timeout: whole seconds, at least 1 (0 = forever)."""
+    return max(1, round(seconds))
 
 
 # The places libpq reads a password from, by its grammar (not urllib's): a URL's user:password@
@@ -159,9 +185,16 @@ def _has_table(conn: psycopg.Connection, name: str) -> bool:
     return bool(row and row[0])
 
 
-def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """Open a blocking connection, turning any failure into one line naming the URL."""
-    try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
-    except psycopg.Error as error:
-        raise DatabaseError(f"cannot connect to {redact(url)}: {one_line(error)}") from None
+def connect(url: str, *, timeout: float, autocommit: bool = False) -> psycopg.Connection:
+    """Open a blocking connection within `timeout` s; a failure is one line naming the URL."""
+    with wrap_exceptions(f"cannot connect to {redact(url)}"):
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout(timeout))
+
+
+def apply_migrations(url: str, timeout: float) -> list[int]:
+    """Connect and bring the schema up to date; a failure is one line naming the URL."""
+    with (
+        connect(url, timeout=timeout) as conn,
+        wrap_exceptions(f"cannot apply the schema to {redact(url)}"),
+    ):
+        return migrate(conn)

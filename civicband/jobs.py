@@ -20,8 +20,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from civicband import mirror
 from civicband.db import query
-from civicband.store import LEASE_CLASS, RUN_CLASS
+from civicband.leases import LEASE_CLASS, RUN_CLASS
 from civicband.verify import Verdict
 
 logger = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ async def enqueue(
         reopened = await _decide(conn, "reopen_jobs", reopen, extra, queued)
         recrawled = [x.job_id for x in reopened if x.recrawl]
         if recrawled:
-            await conn.execute(query("forget_seen_of"), {"job_ids": recrawled})
+            await mirror.forget_seen(conn, *recrawled)  # a pass started anew forgets what it saw
         queued.reopened = len(reopened)
         queued.taken_over = sum(x.taken_over for x in reopened)
     if new:

@@ -141,9 +141,9 @@ async def sweep(
     return pages, rejections
 
 
-async def forget_seen(conn: psycopg.AsyncConnection, job_id: int) -> None:
-    """A job's verdict is in: the ids its pass saw are needed no more."""
-    await conn.execute(query("forget_seen"), {"job_id": job_id})
+async def forget_seen(conn: psycopg.AsyncConnection, *job_ids: int) -> None:
+    """Forget the ids these jobs' passes saw: a verdict is in, or a pass starts anew."""
+    await conn.execute(query("forget_seen"), {"job_ids": list(job_ids)})
 
 
 async def delete(

@@ -74,18 +74,18 @@ SCRAPER_SLOT_MAX_ACTIVE_SIZE = 20_000_000
 
 DOWNLOADER_MIDDLEWARES = {
     "civicband.gate.CursorGate": 50,
-    # Scrapy's RetryMiddleware, extended with backoff and rate-limit waits (see middlewares.py).
+    # Scrapy's RetryMiddleware, extended with backoff and rate-limit waits (civicband/middlewares/).
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
-    "civicband.middlewares.BackoffRetryMiddleware": 550,
+    "civicband.middlewares.retry.BackoffRetryMiddleware": 550,
 }
 # Without a service secret: the shared slot's public pace (an add-on: it sets DOWNLOAD_SLOTS
 # before settings freeze) and pages no larger than civic.band serves. Monitoring: with
 # -s SPIDERMON_ENABLED=True (civicband[monitoring]), Spidermon runs civicband's monitor suite.
 ADDONS = {
-    "civicband.middlewares.PublicRateLimit": 0,
+    "civicband.middlewares.pace.PublicRateLimit": 0,
     "civicband.extensions.monitoring.Monitoring": 0,
 }
-SPIDER_MIDDLEWARES = {"civicband.middlewares.PublicPageCap": 600}
+SPIDER_MIDDLEWARES = {"civicband.middlewares.pace.PublicPageCap": 600}
 
 # Live stats over JSON-RPC (SPEC §4): read-only, on loopback unless told; off unless asked for.
 JSONRPC_ENABLED = False

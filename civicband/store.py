@@ -1,48 +1,31 @@
-"""The crawl's one way into PostgreSQL: find or start the server, migrate, pool, and hold leases."""
+"""The crawl's one way into PostgreSQL: find or start the server, migrate, pool, retry.
+
+The lease connection and the locks it holds belong to `Leases` (leases.py), which Store opens
+and closes with the pool; the embedded server to `EmbeddedPostgres` (embedded.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 from scrapy import signals
 from scrapy.crawler import Crawler
 from scrapy.signalmanager import SignalManager
 from scrapy.statscollectors import StatsCollector
 
 from civicband import db
-from civicband import signals as civicband_signals
+from civicband.backoff import backoff_delay
 from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
-from civicband.middlewares import backoff_delay
+from civicband.leases import Leases, application_name
 
 logger = logging.getLogger(__name__)
-
-
-def application_name(role: str) -> str:
-    """Who holds a connection, as pg_stat_activity shows it: the crawl's host and process."""
-    return f"civicband {role} {socket.gethostname()}:{os.getpid()}"[:63]
-
-
-LEASE_CLASS = 0x63626A62  # "cbjb": the first key of every job's advisory lock
-RUN_CLASS = 0x6362726E  # "cbrn": the first key of every run's shared advisory lock
-# libpq's TCP keepalives on the lease connection, so that an idle lease stays known to NATs and
-# firewalls, and a peer that vanished is seen after 10 + 5 * 3 = 25 s of silence; data left
-# unacknowledged for 25 s ends the connection too (TCP_USER_TIMEOUT, where the system has it).
-LEASE_KEEPALIVES = {
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 25_000,
-}
 
 T = TypeVar("T")
 
@@ -73,14 +56,9 @@ class Store:
         self.embedded: EmbeddedPostgres | None = None
         self.pool: AsyncConnectionPool | None = None
         self._opening = asyncio.Lock()
-        # One connection holds this process's leases (session advisory locks) and its run lock.
-        self.lease: psycopg.AsyncConnection | None = None
-        self.leased: set[int] = set()
-        self.runs: set[int] = set()
-        self._leasing = asyncio.Lock()
-        self.check_interval = check_interval
-        self.signals = signals
-        self._checking: asyncio.Task | None = None
+        self.leases = Leases(
+            timeout=timeout, check_interval=check_interval, stats=stats, signals=signals
+        )
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -114,20 +92,16 @@ class Store:
             if self.pool is not None:
                 return
             if self.url is None:
-                self.embedded = EmbeddedPostgres(self.home)
-                try:
-                    self.url = await asyncio.to_thread(self.embedded.start)
-                except EmbeddedPostgresError as error:
-                    raise db.DatabaseError(str(error)) from None
-                logger.info(
-                    "Embedded PostgreSQL: data in %s, log in %s",
-                    self.embedded.data_dir,
-                    self.embedded.log_path,
-                )
-            await asyncio.to_thread(self._migrate, self.url)
+                self.url = await self._start_embedded()
+            applied = await asyncio.to_thread(db.apply_migrations, self.url, self.timeout)
+            if applied:
+                logger.info("Applied schema migrations %s", applied)
             pool = AsyncConnectionPool(
                 self.url,
-                kwargs={"application_name": application_name("pages")},
+                kwargs={
+                    "application_name": application_name("pages"),
+                    "connect_timeout": db.connect_timeout(self.timeout),
+                },
                 min_size=1,
                 max_size=self.pool_size,
                 open=False,
@@ -138,120 +112,40 @@ class Store:
                 name="civicband",
             )
             try:
-                await pool.open(wait=True, timeout=self.timeout)
-            except (PoolTimeout, psycopg.Error) as error:
+                async with db.wrap_exceptions(f"cannot connect to {db.redact(self.url)}"):
+                    await pool.open(wait=True, timeout=self.timeout)
+            except db.DatabaseError:
                 await pool.close()
-                raise db.DatabaseError(
-                    f"cannot connect to {db.redact(self.url)}: {db.one_line(error)}"
-                ) from None
+                raise
             self.pool = pool
-            await self._connect_lease()
-            self._checking = asyncio.ensure_future(self._check_lease())
+            await self.leases.open(self.url)
             logger.info("Mirror database: %s", db.redact(self.url))
 
-    async def _connect_lease(self) -> None:
-        assert self.url is not None
+    async def _start_embedded(self) -> str:
+        """Start (or join) the embedded server under CIVICBAND_HOME; its URL."""
+        self.embedded = EmbeddedPostgres(self.home)
         try:
-            self.lease = await psycopg.AsyncConnection.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=max(1, round(self.timeout)),
-                application_name=application_name("lease"),
-                **LEASE_KEEPALIVES,
-            )
-        except psycopg.Error as error:
-            raise db.DatabaseUnavailable(
-                f"cannot connect to {db.redact(self.url)}: {db.one_line(error)}"
-            ) from None
-
-    async def _lock(self, name: str, params: dict[str, Any]) -> bool:
-        """One advisory-lock query on the lease connection."""
-        assert self.lease is not None
-        async with db.wrap_exceptions():
-            row = await (await self.lease.execute(db.query(name), params)).fetchone()
-        return bool(row and row[0] is not False)
+            url = await asyncio.to_thread(self.embedded.start)
+        except EmbeddedPostgresError as error:
+            raise db.DatabaseError(str(error)) from None
+        logger.info(
+            "Embedded PostgreSQL: data in %s, log in %s",
+            self.embedded.data_dir,
+            self.embedded.log_path,
+        )
+        return url
 
     async def try_lease(self, job_id: int) -> bool:
-        """Take a job's lease; False when another live session holds it."""
-        async with self._leasing:
-            if await self._lock("try_lease", {"class": LEASE_CLASS, "job_id": job_id}):
-                self.leased.add(job_id)
-                return True
-            return False
+        """Take a job's lease (Leases.try_lease)."""
+        return await self.leases.try_lease(job_id)
 
     async def release(self, job_id: int) -> None:
-        """Give a finished, paused or lost job's lease back."""
-        async with self._leasing:
-            if job_id not in self.leased:
-                return
-            self.leased.discard(job_id)
-            if self.lease is None or self.lease.closed or self.lease.broken:
-                return
-            try:
-                await self._lock("release_lease", {"class": LEASE_CLASS, "job_id": job_id})
-            except db.DatabaseError as error:
-                logger.warning("Could not release job %s's lease: %s", job_id, error)
+        """Give a job's lease back (Leases.release)."""
+        await self.leases.release(job_id)
 
     async def join_run(self, run_id: int) -> None:
-        """Hold the run's shared lock while this process lives, so later processes can join."""
-        async with self._leasing:
-            await self._lock("join_run", {"class": RUN_CLASS, "run_id": run_id})
-            self.runs.add(run_id)
-
-    async def _check_lease(self) -> None:
-        """Use the lease connection every few seconds, so one cut while idle is renewed at once."""
-        while True:
-            await asyncio.sleep(self.check_interval)
-            try:
-                await self.renew()
-            except db.DatabaseError as error:
-                logger.warning(
-                    "Could not reconnect the lease connection (%s); trying again in %.1f s",
-                    error,
-                    self.check_interval,
-                )
-
-    async def _lease_alive(self) -> bool:
-        """Whether the lease connection still answers (a cheap round trip)."""
-        if self.lease is None or self.lease.closed or self.lease.broken:
-            return False
-        try:
-            await self.lease.execute("SELECT 1")
-        except psycopg.Error as error:
-            logger.warning("The lease connection was lost: %s", db.one_line(error))
-            return False
-        return True
-
-    async def renew(self) -> None:
-        """After the lease connection died, take its locks again; tell who lost which lease.
-
-        Sends `leases_renewed`: the jobs whose locks others hold now, and those taken again,
-        whose tokens the registry checks (another process may have claimed one in between).
-        """
-        async with self._leasing:
-            if await self._lease_alive():
-                return
-            if self.lease is not None:
-                await self.lease.close()
-            await self._connect_lease()
-            for run_id in sorted(self.runs):
-                await self._lock("join_run", {"class": RUN_CLASS, "run_id": run_id})
-            lost = set()
-            for job_id in sorted(self.leased):
-                if not await self._lock("try_lease", {"class": LEASE_CLASS, "job_id": job_id}):
-                    lost.add(job_id)
-            self.leased -= lost
-            kept = sorted(self.leased)
-            if self.stats is not None:
-                self.stats.inc_value("civicband/leases/renewed")
-            logger.warning(
-                "Reconnected the lease connection; leases now held by others: %s",
-                sorted(lost) or "none",
-            )
-        if self.signals is not None:
-            self.signals.send_catch_log(
-                civicband_signals.leases_renewed, lost=sorted(lost), kept=kept
-            )
+        """Hold the run's shared lock (Leases.join_run)."""
+        await self.leases.join_run(run_id)
 
     async def transact(
         self, work: Callable[[psycopg.AsyncConnection], Awaitable[T]], what: str
@@ -278,19 +172,7 @@ class Store:
                 )
                 await asyncio.sleep(delay)
                 with contextlib.suppress(db.DatabaseError):  # still down: the next try says so
-                    await self.renew()
-
-    @staticmethod
-    def _migrate(url: str) -> None:
-        with db.connect(url) as conn:
-            try:
-                applied = db.migrate(conn)
-            except psycopg.Error as error:
-                raise db.DatabaseError(
-                    f"cannot apply the schema to {db.redact(url)}: {db.one_line(error)}"
-                ) from None
-        if applied:
-            logger.info("Applied schema migrations %s", applied)
+                    await self.leases.renew()
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection) -> None:
@@ -316,15 +198,8 @@ class Store:
         return self.pool.connection()
 
     async def close(self) -> None:
-        """Close the pool and stop the embedded server if this process started it."""
-        if self._checking is not None:
-            self._checking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checking
-            self._checking = None
-        if self.lease is not None:
-            await self.lease.close()  # releases every lease and run lock still held
-            self.lease = None
+        """Close the leases and the pool; stop the embedded server if this process started it."""
+        await self.leases.close()  # releases every lease and run lock still held
         if self.pool is not None:
             await self.pool.close()
             self.pool = None

@@ -87,10 +87,6 @@ UPDATE backfill_jobs j
           AND l.classid::bigint = %(class)s AND l.objid::bigint = j.id)
 RETURNING j.id
 
--- name: forget_seen_of
--- A pass started anew forgets what its earlier attempt saw.
-DELETE FROM job_seen_ids WHERE job_id = ANY(%(job_ids)s)
-
 -- name: insert_jobs
 INSERT INTO backfill_jobs (subdomain, document_type, status, mode, run_id)
 SELECT subdomain, document_type, 'pending', mode, %(run_id)s
@@ -356,7 +352,8 @@ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
   AND row_id ~ '^[0-9a-f]{12}$' AND substr(row_id, 1, 2) = ANY(%(buckets)s::text[])
 
 -- name: forget_seen
-DELETE FROM job_seen_ids WHERE job_id = %(job_id)s
+-- The one delete of job_seen_ids: after a verdict, and when a pass starts anew.
+DELETE FROM job_seen_ids WHERE job_id = ANY(%(job_ids)s)
 
 -- name: local_counts
 -- Rejected rows count every identical copy the source holds (NULL-id twins are one rejection).

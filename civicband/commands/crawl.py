@@ -12,7 +12,7 @@ from scrapy.commands.crawl import Command as ScrapyCrawl
 from scrapy.exceptions import UsageError
 
 from civicband.args import ArgumentError
-from civicband.extensions.jsonrpc import check_settings as check_jsonrpc
+from civicband.config import check_settings
 from civicband.extensions.outcome import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -79,7 +79,7 @@ class Command(ScrapyCrawl):
         crawler = self._create_crawler(args[0])
         check = getattr(crawler.spidercls, "check_arguments", None)
         try:
-            check_jsonrpc(crawler.settings)
+            check_settings(crawler.settings)
             if check is not None:
                 check(opts.spargs, crawler.settings)
         except ArgumentError as error:

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
-import psycopg
 from psycopg.rows import dict_row
 from scrapy.commands import ScrapyCommand
 
 from civicband import db
 from civicband.args import ArgumentError
+from civicband.config import check_settings
 from civicband.datasette import SUBDOMAIN
 from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from civicband.extensions.outcome import EXIT_BAD_INPUT
@@ -85,18 +85,14 @@ def parse_filters(opts: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def fetch_jobs(url: str, filters: dict[str, Any]) -> list[dict[str, Any]]:
+def fetch_jobs(url: str, filters: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
     """Bring the schema up to date (a fresh database has no jobs table yet), then list jobs."""
-    with db.connect(url) as conn:
-        try:
-            db.migrate(conn)
-            return (
-                conn.cursor(row_factory=dict_row).execute(db.query("list_jobs"), filters).fetchall()
-            )
-        except psycopg.Error as error:
-            raise db.DatabaseError(
-                f"cannot read jobs from {db.redact(url)}: {db.one_line(error)}"
-            ) from None
+    with (
+        db.connect(url, timeout=timeout) as conn,
+        db.wrap_exceptions(f"cannot read jobs from {db.redact(url)}"),
+    ):
+        db.migrate(conn)
+        return conn.cursor(row_factory=dict_row).execute(db.query("list_jobs"), filters).fetchall()
 
 
 def as_json(rows: list[dict[str, Any]]) -> str:
@@ -159,7 +155,8 @@ class Command(ScrapyCommand):
         """Shown by `scrapy jobs -h`."""
         return (
             "List backfill jobs, newest first, from CIVICBAND_DATABASE_URL or the embedded"
-            " PostgreSQL. Filters combine; --json prints a JSON list of objects."
+            " PostgreSQL (connecting within CIVICBAND_DB_TIMEOUT). Filters combine; --json"
+            " prints a JSON list of objects."
         )
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
@@ -185,6 +182,7 @@ class Command(ScrapyCommand):
                 what = "option" if args[0].startswith("-") else "argument"
                 raise ArgumentError(f"unknown {what} {args[0]!r} (see scrapy jobs -h)")
             filters = parse_filters(opts)
+            check_settings(self.settings)
         except ArgumentError as error:
             self._error(str(error))
             return
@@ -196,7 +194,7 @@ class Command(ScrapyCommand):
                     Path(self.settings.get("CIVICBAND_HOME") or ".civicband")
                 )
                 url = embedded.start()
-            rows = fetch_jobs(url, filters)
+            rows = fetch_jobs(url, filters, self.settings.getfloat("CIVICBAND_DB_TIMEOUT"))
         except (db.DatabaseError, EmbeddedPostgresError) as error:
             self._error(str(error))
             return

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
@@ -31,7 +29,7 @@ from twisted.internet.error import CannotListenError
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from civicband.args import ArgumentError, parse_bool
+from civicband.config import JsonRpcConfig, read_jsonrpc
 from civicband.db import passwords
 
 if TYPE_CHECKING:
@@ -42,8 +40,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORTS = (6080, 7030)
 PATH = b"/crawler/stats"
 # A request is a few hundred bytes; this bounds what one client can make the crawl hold.
 MAX_BODY = 1 << 20
@@ -74,8 +70,6 @@ PROGRESS_KEYS = (
 REDACTED = "***"
 MAX_DEPTH = 32
 
-_PORT_TEXT = re.compile(r"\s*(?:\[\s*(\d+)\s*(?:,\s*(\d+)\s*)?\]|(\d+)\s*(?:,\s*(\d+)\s*)?)")
-
 ProgressProvider = Callable[[], Iterable[Mapping[str, Any]]]
 
 
@@ -88,48 +82,7 @@ class RpcError(Exception):
         self.message = message
 
 
-# ---- settings ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JsonRpcConfig:
-    """The JSON-RPC settings, checked and typed."""
-
-    enabled: bool
-    host: str
-    ports: list[int]
-
-
-def parse_port_range(value: Any) -> list[int]:
-    """JSONRPC_PORT as listen_tcp wants it: [port] or [low, high]; a bad one is a one-line error."""
-    bad = ArgumentError(
-        "JSONRPC_PORT: expected a port or a [low, high] range such as 6080, 6080,7030"
-        f" or [6080, 7030], got {value!r}"
-    )
-    if isinstance(value, str):
-        match = _PORT_TEXT.fullmatch(value)
-        if match is None:
-            raise bad
-        items: list[Any] = [group for group in match.groups() if group is not None]
-    elif isinstance(value, list | tuple) and 1 <= len(value) <= 2:
-        items = list(value)
-    else:
-        items = [value]
-    ports = []
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
-            ports.append(item)
-        elif isinstance(item, str) and item.strip().isdigit():
-            ports.append(int(item))
-        else:
-            raise bad
-    if len(ports) == 1 and not 0 <= ports[0] <= 65535:
-        raise ArgumentError(f"JSONRPC_PORT: a port is 1 to 65535 (0: any free one), got {value!r}")
-    if len(ports) == 2 and not 1 <= ports[0] <= ports[1] <= 65535:
-        raise ArgumentError(
-            f"JSONRPC_PORT: a range is [low, high] with 1 <= low <= high <= 65535, got {value!r}"
-        )
-    return ports
+# ---- where it listens ----------------------------------------------------------------------
 
 
 def is_loopback(host: str) -> bool:
@@ -143,19 +96,6 @@ def is_loopback(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
-
-
-def check_settings(settings: BaseSettings) -> JsonRpcConfig:
-    """Read the JSONRPC_* settings; a bad one raises ArgumentError naming it (exit status 2)."""
-    enabled = parse_bool("JSONRPC_ENABLED", settings.get("JSONRPC_ENABLED", False))
-    host = settings.get("JSONRPC_HOST", DEFAULT_HOST)
-    if not isinstance(host, str) or not host.strip():
-        raise ArgumentError(
-            f"JSONRPC_HOST: expected an address such as 127.0.0.1 (0.0.0.0: every interface),"
-            f" got {host!r}"
-        )
-    ports = parse_port_range(settings.get("JSONRPC_PORT", list(DEFAULT_PORTS)))
-    return JsonRpcConfig(enabled=enabled, host=host.strip(), ports=ports)
 
 
 # ---- what an answer may not contain --------------------------------------------------------
@@ -441,7 +381,7 @@ class JsonRpc:
     @classmethod
     def from_crawler(cls, crawler: Crawler, progress: ProgressProvider | None = None) -> Self:
         """Check the settings and listen from engine start to engine stop."""
-        config = check_settings(crawler.settings)
+        config = read_jsonrpc(crawler.settings)
         if not config.enabled:
             raise NotConfigured(
                 "JSONRPC_ENABLED is off: set -s JSONRPC_ENABLED=True to serve live stats"

@@ -27,14 +27,14 @@ from civicband import signals as civicband_signals
 from civicband.args import (
     ArgumentError,
     SpiderArguments,
-    check_number_settings,
     parse_arguments,
     parse_batch_size,
 )
 from civicband.catchup import CatchUp
+from civicband.config import check_number_settings, check_settings
 from civicband.db import DatabaseError, DatabaseUnavailable, one_line
 from civicband.items import PageItem
-from civicband.middlewares import RETRIES_EXHAUSTED, check_settings
+from civicband.middlewares import RETRIES_EXHAUSTED
 from civicband.registry import FETCHING, ActiveJob, Registry
 from civicband.source import REDIRECTS, Source, SourceError, Stopping
 from civicband.spiders.base import StoreSpider

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-import psycopg
 from parsel import Selector
 from scrapy import Request
 from scrapy.crawler import Crawler
@@ -25,9 +24,10 @@ from scrapy.settings import BaseSettings
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
-from civicband.args import ArgumentError, check_number_settings
+from civicband.args import ArgumentError
+from civicband.config import check_settings
 from civicband.datasette import SUBDOMAIN
-from civicband.db import DatabaseError, one_line, query, redact
+from civicband.db import DatabaseError, one_line, query, redact, wrap_exceptions
 from civicband.source import service_headers
 from civicband.spiders.base import StoreSpider
 
@@ -253,10 +253,7 @@ class SitesSpider(StoreSpider):
         unknown = sorted(name for name in kwargs if not name.startswith("_"))  # scrapyd's _job
         if unknown:
             raise ArgumentError(f"{unknown[0]}: civicband-sites takes no arguments")
-        check_number_settings(
-            settings,
-            ("CIVICBAND_DB_POOL_SIZE", "CIVICBAND_DB_TIMEOUT", "CIVICBAND_LEASE_CHECK_INTERVAL"),
-        )
+        check_settings(settings)
         return check_index_url(settings.get("CIVICBAND_INDEX_URL"))
 
     @classmethod
@@ -305,12 +302,12 @@ class SitesSpider(StoreSpider):
             )
         try:
             added, updated, unlisted = await self._store(index.sites)
-        except psycopg.Error as error:
+        except DatabaseError as error:
             stats.inc_value("civicband/db/errors")
             logger.error(
                 "Could not store the municipalities in %s: %s; nothing stored",
                 redact(self.store.url or ""),
-                one_line(error),
+                error,
             )
             return
         stats.set_value("civicband/sites/added", added)
@@ -348,7 +345,7 @@ class SitesSpider(StoreSpider):
             "pages": [s.pages for s in sites],
             "last_updated": [s.last_updated for s in sites],
         }
-        async with self.store.connection() as conn, conn.transaction():
+        async with wrap_exceptions(), self.store.connection() as conn, conn.transaction():
             cursor = await conn.execute(query("upsert_municipalities"), params)
             row = await cursor.fetchone()
             assert row is not None

@@ -203,7 +203,7 @@ def execute(database_url: str, sql: str, params: Any = None) -> int:
 
 def register(database_url: str, *sites: Any) -> None:
     """Put sites into municipalities (as civicband-sites would), so no probe is needed."""
-    with db.connect(database_url) as conn:
+    with db.connect(database_url, timeout=10) as conn:
         db.migrate(conn)
         with conn.transaction():
             for site in sites:

@@ -641,7 +641,9 @@ def test_interrupted(guide: Guide):
     assert_exact(guide, "alameda.ca", "berkeley.ca")
     assert {key: job["id"] for key, job in latest(guide.database_url).items()} == before
     assert resumed.stat["civicband/jobs/resumed"] == 4
-    for job in jobs(guide.database_url):
+    resumed_jobs = jobs(guide.database_url)
+    assert len(resumed_jobs) == 4, resumed_jobs  # both sites' agenda and minutes, resumed in place
+    for job in resumed_jobs:
         total = len(guide.site(job["subdomain"]).rows(TABLES[job["document_type"]]))
         assert (job["pages_fetched"], job["pages_created"]) == (total, total), job
     guide.done()

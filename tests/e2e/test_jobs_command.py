@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +115,7 @@ def test_jobs_lists_newest_first_as_a_table_and_as_json_and_filters(database_url
     [
         (["--status", "done"], "--status:"),
         (["--subdomain", "https://evil.example/x"], "--subdomain:"),
+        (["-s", "CIVICBAND_DB_TIMEOUT=soon"], "CIVICBAND_DB_TIMEOUT:"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(options, named):
@@ -130,3 +133,18 @@ def test_unreachable_database_exits_2_with_one_line_without_the_password():
     (line,) = run.stderr.splitlines()
     assert "mirror:***@127.0.0.1:9" in line
     assert "hunter2" not in run.stderr
+
+
+def test_connecting_is_bounded_by_the_timeout_setting():
+    # A server that accepts the connection and never answers: libpq waits connect_timeout.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"postgresql://mirror@127.0.0.1:{listener.getsockname()[1]}/civicband"
+        started = time.monotonic()
+        run = scrapy_jobs(url, "-s", "CIVICBAND_DB_TIMEOUT=2")
+        took = time.monotonic() - started
+    assert run.returncode == 2, run
+    (line,) = run.stderr.splitlines()
+    assert line.startswith("civicband: error: cannot connect to postgresql://mirror@127.0.0.1:")
+    assert took < 9, f"{took:.1f} s: not bounded by CIVICBAND_DB_TIMEOUT=2 (the old fixed 10 s?)"

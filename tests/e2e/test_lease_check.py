@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from civicband.store import LEASE_CLASS
+from civicband.leases import LEASE_CLASS
 from tests.e2e.crawl import (
     Background,
     assert_mirror_equals_source,

@@ -214,6 +214,9 @@ def test_unreachable_database_exits_2_and_asks_civic_band_nothing(index):
     [
         (["subdomain=oakland.ca"], {}, "subdomain:"),
         ([], {"CIVICBAND_INDEX_URL": "file:///etc/passwd"}, "CIVICBAND_INDEX_URL:"),
+        # Settings only the shared components read are checked as well, before any request.
+        ([], {"CIVICBAND_DB_RETRIES": "x"}, "CIVICBAND_DB_RETRIES:"),
+        ([], {"CIVICBAND_BACKOFF_JITTER": "-1"}, "CIVICBAND_BACKOFF_JITTER:"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(database_url, index, args, settings, named):

@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from civicband.commands.crawl import SIGNAL_ECHO
-from civicband.store import LEASE_CLASS
+from civicband.leases import LEASE_CLASS
 from tests.e2e.crawl import (
     assert_jobs_complete_and_exact,
     assert_mirror_equals_source,
@@ -34,8 +34,8 @@ from tests.e2e.crawl import (
     start_crawl,
     wait_for,
 )
+from tests.integration.test_lost_commit import proxied
 from tests.pg import with_dbname
-from tests.test_lost_commit import proxied
 
 PAGES = "/{}/meetings/(agendas|minutes)\\.json"
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from civicband.args import ArgumentError, check_number_settings, parse_arguments
+from civicband.args import ArgumentError, parse_arguments
+from civicband.config import check_number_settings
 
 
 def test_defaults():

@@ -42,7 +42,7 @@ from civicband.digest import (
     seen_whole,
     value_fp,
 )
-from civicband.source import MAX_SPLIT_DEPTH
+from civicband.reads import MAX_SPLIT_DEPTH
 
 COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
 LEGACY_COLUMNS = COLUMNS[:6]

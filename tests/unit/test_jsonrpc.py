@@ -27,6 +27,7 @@ from scrapy.utils.reactor import install_reactor, is_asyncio_reactor_installed
 from scrapy.utils.test import get_crawler
 
 from civicband.args import ArgumentError
+from civicband.config import JsonRpcConfig, parse_port_range, read_jsonrpc
 from civicband.db import redact
 from civicband.extensions.jsonrpc import (
     INTERNAL_ERROR,
@@ -36,11 +37,8 @@ from civicband.extensions.jsonrpc import (
     PARSE_ERROR,
     PROGRESS_KEYS,
     JsonRpc,
-    JsonRpcConfig,
     Redactor,
-    check_settings,
     is_loopback,
-    parse_port_range,
 )
 
 EXTENSION = "civicband.extensions.jsonrpc.JsonRpc"
@@ -188,7 +186,7 @@ def error_code(answer: dict[str, Any]) -> int:
 
 
 def test_defaults_are_scrapy_jsonrpcs() -> None:
-    assert check_settings(Settings()) == JsonRpcConfig(
+    assert read_jsonrpc(Settings()) == JsonRpcConfig(
         enabled=False, host="127.0.0.1", ports=[6080, 7030]
     )
 
@@ -266,7 +264,7 @@ def test_bad_port_stops_the_crawler_naming_the_setting() -> None:
 )
 def test_bad_enabled_or_host_is_one_line_naming_it(name: str, value: Any) -> None:
     with pytest.raises(ArgumentError, match=rf"^{name}: ") as raised:
-        check_settings(Settings({"JSONRPC_ENABLED": True, name: value}))
+        read_jsonrpc(Settings({"JSONRPC_ENABLED": True, name: value}))
     assert "\n" not in str(raised.value)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import time
 from typing import Any
 
 import pytest
@@ -16,20 +15,12 @@ from scrapy.utils.test import get_crawler
 
 from civicband import settings as project
 from civicband.args import ArgumentError
-from civicband.middlewares import (
-    RATE_LIMIT_WAITS,
-    REQUEUED,
-    RETRIES_EXHAUSTED,
-    BackoffRetryMiddleware,
-    PublicPageCap,
-    backoff_delay,
-    cap_page_size,
-    check_settings,
-    is_rate_limited,
-    looks_like_json_object,
-    parse_retry_after,
-    public_interval,
-)
+from civicband.backoff import backoff_delay
+from civicband.config import read_limits
+from civicband.middlewares.meta import RATE_LIMIT_WAITS, REQUEUED, RETRIES_EXHAUSTED
+from civicband.middlewares.pace import PublicPageCap, cap_page_size, public_interval
+from civicband.middlewares.ratelimit import is_rate_limited, parse_retry_after
+from civicband.middlewares.retry import BackoffRetryMiddleware, looks_like_json_object
 from civicband.source import Source
 from civicband.spiders.civicband import CivicbandSpider
 
@@ -164,9 +155,9 @@ def test_bad_settings_are_refused_with_their_name():
         ("CIVICBAND_PUBLIC_REQUESTS_PER_MINUTE", "nan"),
     ]:
         with pytest.raises(ArgumentError, match=name):
-            check_settings(crawler_for(**{name: value}).settings)
+            read_limits(crawler_for(**{name: value}).settings)
     with pytest.raises(ArgumentError, match="CIVICBAND_BACKOFF_MAX"):
-        check_settings(crawler_for(CIVICBAND_BACKOFF_BASE=10, CIVICBAND_BACKOFF_MAX=5).settings)
+        read_limits(crawler_for(CIVICBAND_BACKOFF_BASE=10, CIVICBAND_BACKOFF_MAX=5).settings)
 
 
 # ---- which answers are retried -------------------------------------------------------------------
@@ -278,103 +269,135 @@ def test_402_and_429_do_not_use_up_retry_times():
 
 def test_retry_after_sets_the_pause_else_the_window():
     mw = middleware(CIVICBAND_RATE_LIMIT_WINDOW=30)
+    clock = on_clock(mw)
     req = request()
     mw.process_response(req, answer(req, 402, RATE_LIMITED, **{"Retry-After": "3"}))
-    assert mw._paused_until["civic.band"] - time.monotonic() == pytest.approx(3, abs=0.2)
+    assert mw.pauses.until("civic.band") - clock() == 3.0
     other = request(download_slot="elsewhere")
     mw.process_response(other, answer(other, 429, b""))
-    assert mw._paused_until["elsewhere"] - time.monotonic() == pytest.approx(30, abs=0.2)
+    assert mw.pauses.until("elsewhere") - clock() == 30.0
 
 
-def test_rate_limit_waits_are_bounded():
+@pytest.mark.parametrize(("status", "body"), [(402, RATE_LIMITED), (429, b"")])
+def test_rate_limit_waits_are_bounded(status, body):
     mw = middleware(CIVICBAND_RATE_LIMIT_MAX_WAITS=2)
     req = request(**{RATE_LIMIT_WAITS: 2})
-    resp = answer(req, 402, RATE_LIMITED)
-    assert mw.process_response(req, resp) is resp  # to the errback: HTTP 402
+    resp = answer(req, status, body)
+    # To the errback with its own status: the job fails with `HTTP 402` or `HTTP 429`.
+    assert mw.process_response(req, resp) is resp
+    assert resp.status == status and req.meta[RETRIES_EXHAUSTED] is True
     assert stats(mw)["civicband/ratelimit/gave_up"] == 1
 
 
 # ---- waiting without blocking --------------------------------------------------------------------
 
 
-def test_a_retry_waits_its_backoff_once_and_others_do_not_wait():
-    # Margins are half the backoff: a loaded machine stretches a wait, never shortens it.
-    mw = middleware(CIVICBAND_BACKOFF_BASE=0.5, CIVICBAND_BACKOFF_JITTER=0)
+class FakeClock:
+    """Time the test controls: a sleep lets the event loop run once, then moves time on."""
 
-    async def run() -> tuple[float, float, float, float]:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await asyncio.sleep(0)
+        self.now += seconds
+
+
+def on_clock(mw: BackoffRetryMiddleware) -> FakeClock:
+    """The middleware's waits, judged on a clock the test controls instead of the wall clock."""
+    clock = FakeClock()
+    mw.pauses.clock = clock
+    mw.sleep = clock.sleep
+    return clock
+
+
+def test_a_retry_waits_its_backoff_once_and_others_do_not_wait():
+    mw = middleware(CIVICBAND_BACKOFF_BASE=0.5, CIVICBAND_BACKOFF_JITTER=0)
+    clock = on_clock(mw)
+
+    async def run() -> tuple[float, float, float, float, int]:
         retry = request(retry_times=1)
-        started = time.monotonic()
+        started = clock()
         ticks = 0
 
         async def ticker() -> None:
             nonlocal ticks
             while True:
-                await asyncio.sleep(0.01)
                 ticks += 1
+                await asyncio.sleep(0)
 
         task = asyncio.ensure_future(ticker())
         assert await mw.process_request(retry) is None
-        waited = time.monotonic() - started
+        waited = clock() - started
         task.cancel()
-        assert ticks >= 10, "the loop kept running while the retry waited"
         total = stats(mw)["civicband/retry/backoff_seconds"]
-        started = time.monotonic()
+        started = clock()
         assert await mw.process_request(retry) is None  # same attempt again: no second wait
         assert await mw.process_request(request()) is None  # a first try: no wait
-        again = time.monotonic() - started
-        return waited, again, total, stats(mw)["civicband/retry/backoff_seconds"]
+        again = clock() - started
+        return waited, again, total, stats(mw)["civicband/retry/backoff_seconds"], ticks
 
-    waited, again, total, after = asyncio.run(run())
-    assert 0.5 <= waited < 1.0
-    assert 0.45 <= total <= waited  # the wait is counted as it was measured inside the call
+    waited, again, total, after, ticks = asyncio.run(run())
+    assert ticks >= 1, "the loop kept running while the retry waited"
+    assert waited == 0.5  # base·2⁰, no jitter
+    assert clock.slept == [0.5]
+    assert total == 0.5  # the wait is counted as it was measured inside the call
     assert after == total, "a second wait was counted"
-    assert again < 0.25
+    assert again == 0
 
 
 def test_a_rate_limit_pauses_the_whole_slot_but_not_other_slots():
     mw = middleware()
+    clock = on_clock(mw)
 
     async def run() -> tuple[float, float]:
         limited = request()
         mw.process_response(limited, answer(limited, 402, RATE_LIMITED, **{"Retry-After": "1"}))
-        started = time.monotonic()
+        started = clock()
         await mw.process_request(request("https://elsewhere.example/x.json", download_slot="x"))
-        other_slot = time.monotonic() - started
-        started = time.monotonic()
+        other_slot = clock() - started
+        started = clock()
         # Another site on the shared slot: held as well.
         await mw.process_request(request(URL.replace("oakland.ca", "berkeley.ca")))
-        return other_slot, time.monotonic() - started
+        return other_slot, clock() - started
 
     other_slot, same_slot = asyncio.run(run())
-    # Margins are half the pause: a loaded machine stretches a wait, never shortens it.
-    assert other_slot < 0.5
-    assert 0.9 <= same_slot < 1.5
+    assert other_slot == 0
+    assert same_slot == 1.0  # exactly the Retry-After, in WAIT_STEP steps
+    assert clock.slept == [0.5, 0.5]
 
 
 def test_a_pause_also_holds_requests_already_queued_in_a_delayed_slot():
     mw = middleware()
+    clock = on_clock(mw)
     downloader = Downloader(mw.crawler)
     slot = downloader.slots["civic.band"] = Slot(concurrency=1, delay=0.5, jitter=0)
-    slot.lastseen = time.monotonic()
+    slot.lastseen = clock()
     mw.crawler.engine = type("Engine", (), {"downloader": downloader})()
     req = request()
     mw.process_response(req, answer(req, 402, RATE_LIMITED, **{"Retry-After": "10"}))
     # The downloader sends a slot's next request `delay` after `lastseen`: 10 s from now.
-    assert 9 <= slot.lastseen + slot.delay - time.monotonic() <= 10
+    assert slot.lastseen + slot.delay - clock() == 10.0
 
 
 def test_stopping_sends_a_waiting_request_back_to_the_queue_not_to_the_errback():
     mw = middleware(CIVICBAND_BACKOFF_BASE=30)
+    clock = on_clock(mw)
     mw.crawler.crawling = False  # Ctrl-C: Crawler.stop() clears this first
 
     async def run() -> tuple[Any, float]:
-        started = time.monotonic()
+        started = clock()
         requeued = await mw.process_request(request(retry_times=1))
-        return requeued, time.monotonic() - started
+        return requeued, clock() - started
 
     requeued, took = asyncio.run(run())
     assert isinstance(requeued, Request) and requeued.meta[REQUEUED] is True
-    assert took < 5  # not the 30 s backoff
+    assert took == 0 and clock.slept == []  # not the 30 s backoff, not a step of it
     # Handed straight back (engine.download_async loops on a returned Request): dropped.
     with pytest.raises(IgnoreRequest):
         asyncio.run(mw.process_request(requeued))

@@ -15,7 +15,8 @@ from spidermon.contrib.scrapy.extensions import Spidermon
 from spidermon.contrib.scrapy.runners import SpiderMonitorRunner
 
 from civicband import settings as project
-from civicband.args import ArgumentError, check_number_settings
+from civicband.args import ArgumentError
+from civicband.config import check_number_settings
 from civicband.extensions.outcome import Outcome
 from civicband.monitors import CivicbandMonitorSuite
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from scrapy.exceptions import CloseSpider
 from scrapy.utils.test import get_crawler
 
 from civicband.extensions.outcome import Outcome, exit_status
+from civicband.spiders.base import StoreSpider
 
 
 def stats_of(**values: Any) -> Any:
@@ -33,11 +35,20 @@ def stats_of(**values: Any) -> Any:
         ({"finish_reason": "shutdown", "civicband__jobs__paused": 2}, 3),
         # A failure wins over an interruption.
         ({"finish_reason": "shutdown", "civicband__jobs__failed": 1}, 1),
-        ({"finish_reason": "civicband_bad_argument", "civicband__exit_code": 2}, 2),
     ],
 )
 def test_the_exit_status_follows_the_readme(values, status):
     assert exit_status(stats_of(**values)) == status
+
+
+def test_bad_input_stopped_by_a_spider_exits_2_even_beside_other_failures():
+    crawler = get_crawler(StoreSpider)
+    spider = StoreSpider.from_crawler(crawler, name="probe")
+    outcome = Outcome(crawler.stats)
+    crawler.stats.inc_value("civicband/db/errors")  # alone, this would be exit status 1
+    assert isinstance(spider._stop("subdomain: required", "civicband_bad_argument"), CloseSpider)
+    outcome.spider_closed("civicband_bad_argument")
+    assert crawler.stats.get_value("civicband/exit_code") == 2
 
 
 def outcome_after(reason: str, paused: int) -> Any:
@@ -66,7 +77,4 @@ def test_jobs_paused_by_an_interruption_are_not_stalled():
 def test_a_crawl_that_finished_with_nothing_paused_exits_0():
     stats = outcome_after("finished", paused=0)
     assert stats.get_value("civicband/jobs/stalled") is None
-    assert (stats.get_value("finish_reason"), stats.get_value("civicband/exit_code")) == (
-        "finished",
-        0,
-    )
+    assert stats.get_value("civicband/exit_code") == 0  # recorded, not merely absent

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from scrapy import Request, Spider
 from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.settings import Settings
 from scrapy.spidermiddlewares.httperror import HttpError
+from scrapy.utils.conf import build_component_list
 from scrapy.utils.test import get_crawler
 
 from civicband import jobs
@@ -195,8 +197,13 @@ def test_a_request_without_a_cursor_passes_the_gate(crawler, registry, gate):
     assert crawler.stats.get_value(DROPPED) is None
 
 
-def test_the_gate_is_in_the_projects_downloader_middlewares():
-    assert project.DOWNLOADER_MIDDLEWARES["civicband.gate.CursorGate"] is not None
+def test_the_gate_runs_before_the_retries_in_the_projects_downloader_middlewares():
+    """A request the gate drops must never wait out a backoff or a rate-limit pause first."""
+    settings = Settings({"DOWNLOADER_MIDDLEWARES": project.DOWNLOADER_MIDDLEWARES})
+    order = build_component_list(settings.getwithbase("DOWNLOADER_MIDDLEWARES"))
+    assert order.index("civicband.gate.CursorGate") < order.index(
+        "civicband.middlewares.retry.BackoffRetryMiddleware"
+    )
 
 
 def test_the_gate_serves_only_the_civicband_spider():

@@ -137,7 +137,7 @@ def test_a_stale_holder_can_change_nothing_after_a_takeover(database_url, tmp_pa
             stale = claims[0].lease
             assert await write_page(old, stale, None, "c1")
             # The old holder's lease connection dies; another process takes the job over.
-            await old.lease.close()
+            await old.leases.connection.close()
             run2, queued = await queue(new, ["fenced.ca"], resume=True)
             assert queued.taken_over == 1
             (taken,) = [c for c in await claim(new, run2) if c.lease.job_id == stale.job_id]
@@ -257,7 +257,7 @@ def test_two_claimers_racing_never_claim_a_job_twice(database_url, tmp_path):
 
 
 def _migrate_in_process(url: str, out: Any) -> None:
-    with db.connect(url) as conn:
+    with db.connect(url, timeout=10) as conn:
         out.put(db.migrate(conn))
 
 
@@ -296,7 +296,7 @@ def test_resume_rules_of_the_queue(database_url, tmp_path):
             await store.transact(lambda c: jobs.pause(c, [minutes.lease]), "pausing")
             for job_id in (agenda.lease.job_id, minutes.lease.job_id):
                 await store.release(job_id)
-            await store.lease.close()  # this run's process is gone
+            await store.leases.connection.close()  # this run's process is gone
             await store.close()
             store2 = await opened(database_url, tmp_path)
             run2, fresh = await queue(store2, ["rules.ca"])
@@ -360,7 +360,10 @@ def test_a_run_is_joined_while_one_of_its_processes_lives(database_url, tmp_path
 
 
 def test_a_sweep_removes_what_the_pass_did_not_see_and_its_stale_rejections(database_url, tmp_path):
-    old_rows = clean_page([{**ROW, "id": "000000000001"}, {**ROW, "id": "x", "date": "bad"}])
+    old_rows = clean_page(
+        [{**ROW, "id": "000000000001"}, {**ROW, "id": "000000000002", "date": "bad"}]
+    )
+    every_bucket = [f"{n:02x}" for n in range(256)]
     seen_rows = clean_page([ROW])
 
     async def store_for(store: Store, lease: jobs.Lease, page: Any, remember: bool) -> None:
@@ -380,7 +383,7 @@ def test_a_sweep_removes_what_the_pass_did_not_see_and_its_stale_rejections(data
             )
             await store_for(store, earlier.lease, old_rows, False)  # an earlier pass's rows
             await store.transact(lambda c: jobs.fail(c, earlier.lease, "stopped"), "failing")
-            await store.lease.close()
+            await store.leases.connection.close()
             await store.close()
             store = await opened(database_url, tmp_path)
             run2, _ = await queue(store, ["sweep.ca"], mode="full")
@@ -390,15 +393,16 @@ def test_a_sweep_removes_what_the_pass_did_not_see_and_its_stale_rejections(data
 
             async def sweep(conn: Any) -> tuple[tuple[int, int], tuple[int, int]]:
                 site, kind = lease.subdomain, lease.document_type
-                before = await mirror.pass_counts(conn, site, kind, lease.job_id)
-                return before, await mirror.sweep(conn, site, kind, lease.job_id)
+                job_id = lease.job_id
+                before = await mirror.sweep_preview(conn, site, kind, job_id, every_bucket)
+                return before, await mirror.sweep(conn, site, kind, job_id, every_bucket)
 
             return await store.transact(sweep, "sweeping")
         finally:
             await store.close()
 
     before, removed = run(scenario())
-    assert before == (2, 1)  # two pages here, one of them seen by this pass
+    assert before == (2, 1)  # two pages here, one of them not seen by this pass
     assert removed == (1, 1)  # the unseen page, and the rejection this pass did not meet
     with psycopg.connect(database_url) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM meeting_pages")]
@@ -481,10 +485,10 @@ def test_an_invalid_id_that_reads_as_a_valid_one_once_cut_touches_neither(databa
 
 def cut_lease_connection(url: str, store: Store) -> None:
     """Terminate a store's lease connection and wait until its backend, and its locks, are gone."""
-    assert store.lease is not None
+    assert store.leases.connection is not None
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT pg_terminate_backend(%s, 10000)", [store.lease.info.backend_pid]
+            "SELECT pg_terminate_backend(%s, 10000)", [store.leases.connection.info.backend_pid]
         ).fetchone()
     assert row == (True,)
 
@@ -555,7 +559,7 @@ def test_a_decision_about_an_abandoned_job_changes_nothing_if_it_moved_since(
                 await sibling.release(taken.lease.job_id)  # only the token tells now
 
             async def taken_back() -> None:
-                await holder.renew()
+                await holder.leases.renew()
 
             act = claimed if meanwhile == "claimed" else taken_back
             _, queued = await queue_agenda(decider, "full", resume=resume, meanwhile=act)
@@ -580,12 +584,14 @@ def test_a_renewed_lease_whose_job_was_claimed_meanwhile_is_reported_moved(datab
     async def scenario() -> tuple[list[dict[str, Any]], list[int], list[int], int, int]:
         renewals: list[dict[str, Any]] = []
         holder = await opened(database_url, tmp_path)
-        holder.signals = SignalManager()
+        holder.leases.signals = SignalManager()
 
         def renewed(lost: list[int], kept: list[int]) -> None:
             renewals.append({"lost": lost, "kept": kept})
 
-        holder.signals.connect(renewed, signal=civicband_signals.leases_renewed)  # held weakly
+        holder.leases.signals.connect(
+            renewed, signal=civicband_signals.leases_renewed
+        )  # held weakly
         sibling = await opened(database_url, tmp_path)
         try:
             run_id, _ = await queue_agenda(holder, "default")
@@ -594,14 +600,14 @@ def test_a_renewed_lease_whose_job_was_claimed_meanwhile_is_reported_moved(datab
             cut_lease_connection(database_url, holder)
             (second,) = await claim(sibling, run_id)  # taken over, then let go
             await sibling.release(second.lease.job_id)
-            await holder.renew()
+            await holder.leases.renew()
             moved = await holder.transact(
                 lambda conn: jobs.moved_leases(conn, [mine.lease]), "checking"
             )
             ours = await sibling.transact(
                 lambda conn: jobs.moved_leases(conn, [second.lease]), "checking"
             )
-            return renewals, moved, ours, mine.lease.job_id, len(holder.leased)
+            return renewals, moved, ours, mine.lease.job_id, len(holder.leases.leased)
         finally:
             await holder.close()
             await sibling.close()

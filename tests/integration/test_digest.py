@@ -17,8 +17,8 @@ import psycopg
 
 from bench import fingerprint
 from civicband import db, digest, mirror
+from civicband.reads import COLUMNS, LEGACY_COLUMNS
 from civicband.rows import INVALID_ID, MAX_ID_LENGTH, clean_page, raw_text
-from civicband.source import COLUMNS, LEGACY_COLUMNS
 from civicband.store import Store
 from tests.lookalike import data
 

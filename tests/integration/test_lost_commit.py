@@ -20,8 +20,8 @@ from civicband.pipelines import PageWriter
 from civicband.registry import Registry
 from civicband.rows import clean_page
 from civicband.store import Store
+from tests.integration.test_pipeline import crawler_for, held_job, page, row
 from tests.pgproxy import Proxy
-from tests.test_pipeline import crawler_for, held_job, page, row
 
 
 def proxied(url: str, marker: bytes) -> tuple[str, Proxy]:
