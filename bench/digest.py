@@ -132,11 +132,12 @@ def rowid_ranges(path: Path) -> list[tuple[str, dict[str, str]]]:
     finally:
         conn.close()
     sql, params = digest.digest_sql(TABLE, COLUMNS, digest.IdRange())
-    where = f"from {TABLE} where 1)"
+    where = f"from {TABLE} where 1 limit -1)"
     assert where in sql, sql
     sql = sql.replace(
         where,
-        f"from {TABLE} where rowid>cast(:rlo as integer) and rowid<=cast(:rhi as integer))",
+        f"from {TABLE} where rowid>cast(:rlo as integer) and rowid<=cast(:rhi as integer)"
+        " limit -1)",
     )
     bounds = [top * i // 16 for i in range(17)]
     pairs = zip(bounds, bounds[1:], strict=False)

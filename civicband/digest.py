@@ -9,13 +9,23 @@ lowercase hex digits (NULL, short, upper case, anything else) all fall in the bu
 counted there; they are compared id by id when that bucket differs.
 
 PostgreSQL reproduces the id sums with `('x' || substr(id, 1, 6))::bit(24)::int`
-(sql/queries.sql: `local_digest`). The fingerprint cannot be recomputed there once NULs are
-removed from the text, so it is computed in Python when a row is stored (`content_fp`) with
-SQLite's own semantics: text ends at its first NUL.
+(sql/queries.sql: `local_digest`). The fingerprint is computed in Python when a row is stored
+(`content_fp`), from the values as the source's SQLite holds them: PostgreSQL cannot hold a NUL,
+so it could not recompute it for such a value (sql/: `civicband_content_fp` does, for the rest).
+
+The fingerprint is a sample, not a hash (core SQLite has none), designed against the changes
+that really happen and measured by bench/fingerprint.py: over the hex digits of the values
+joined, the count of each hex digit (so any byte corrected at the same length, a case or a
+`\\uXXXX` escape, changes a count) and where the first of each decimal digit and of the votes
+`nay"` and `aye"` stand (so a tally or a vote moved without changing any count changes a
+position), plus each value's length; modulo a prime, times a factor from the id, so two rows
+exchanging values change their bucket's sum. Hex digits are the same bytes on every side: text
+with NUL, invalid UTF-8 and BLOBs included.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,15 +35,33 @@ HEX_ID = re.compile(r"^[0-9a-f]{12}\Z")
 OTHER = "~"  # the bucket of every id that is not 12 lowercase hex digits (sorts after hex)
 HEX = "0123456789abcdef"
 HEX_BUCKETS = tuple(a + b for a in HEX for b in HEX)
-# Columns outside the id hash and their weights in a row's fingerprint: small, so that a
-# bucket's sum of fingerprints stays far inside SQLite's 64-bit integers.
-CONTENT_COLUMNS = (("page_image", 1), ("entities_json", 3), ("votes_json", 7))
-# Characters sampled from each value of length L: (weight, a, b) samples position 1 + a*L/b.
-_SAMPLES = ((101, 1, 5), (211, 2, 5), (307, 3, 5), (401, 4, 5))
-# Letters counted in each value, and their weights: a re-extraction that keeps a value's
-# length and sampled characters (names reordered or swapped) still changes these counts.
-_COUNTS = (("a", 1009), ("e", 2003), ("i", 3001), ("o", 4001))
-_LENGTH_WEIGHT = 7
+# Columns outside the id hash, in the order their bytes are joined, and the weight of each one's
+# length: the lengths tell where one column ends and the next begins.
+CONTENT_COLUMNS = (("votes_json", 5064), ("entities_json", 3478), ("page_image", 1686))
+# Weights of each hex digit's count in hex(value): every byte's two nibbles, so a digit, a letter
+# or its case corrected at the same length changes some count (0xF is implied by the lengths).
+_NIBBLES = tuple(
+    zip(
+        "0123456789ABCDE",
+        (7921, 6665, 2082, 8410, 7045, 8436, 1166, 5740, 5704, 7306, 6441, 4917, 5094, 6856, 3141),
+        strict=True,
+    )
+)
+# Where each of these bytes first appears in hex(value), and its weight: a tally's digits
+# (votes_json comes first, so the first vote's tally holds the first digits) and the votes of
+# members, which an exchange moves without changing any count.
+_FIRSTS = tuple(
+    zip(
+        (*(f"3{d}" for d in range(10)), b'nay"'.hex().upper(), b'aye"'.hex().upper()),
+        (9244, 7484, 5308, 2070, 3213, 4161, 5778, 9933, 6579, 7468, 4299, 3134),
+        strict=True,
+    )
+)
+# A row's fingerprint is its values' sum modulo this prime times a factor from its id (below
+# 2**25): under 2**56 a row, so a bucket of 100,000 rows sums far inside 64-bit integers.
+MODULUS = 2**31 - 1
+# 0x111111: instr() counts hex digits from 1, so each six-digit half is this much too large.
+_HALF_OFFSET = int("111111", 16)
 
 
 def bucket_of(row_id: Any) -> str:
@@ -46,75 +74,111 @@ def id_halves(row_id: str) -> tuple[int, int]:
     return int(row_id[:6], 16), int(row_id[6:12], 16)
 
 
-def text_fp(value: Any) -> int:
-    """One value's fingerprint, exactly as the SQLite expression of `_fp_sql` computes it."""
+def id_factor(row_id: Any) -> int:
+    """What a row's fingerprint is multiplied by: two rows exchanging values change the sum."""
+    return id_halves(row_id)[1] + _HALF_OFFSET if bucket_of(row_id) != OTHER else 1
+
+
+def _blob(value: Mapping[str, Any]) -> bytes | None:
+    """A BLOB as Datasette 1.0 serves it ({"$base64": true, "encoded": ...}); None otherwise."""
+    if value.get("$base64") is True and isinstance(value.get("encoded"), str):
+        try:
+            return base64.b64decode(value["encoded"], validate=True)
+        except ValueError:
+            return None
+    return None
+
+
+def _sqlite_value(value: Any) -> tuple[int, bytes] | None:
+    """SQLite's length() of a stored value and its bytes as || and hex() read them; None: NULL.
+
+    length() counts characters up to the first NUL of text, and every byte of a BLOB.
+    """
     if value is None:
-        return 0
+        return None
+    if isinstance(value, bytes):
+        return len(value), value
+    if isinstance(value, Mapping) and (blob := _blob(value)) is not None:
+        return len(blob), blob
     text = value if isinstance(value, str) else str(value)
-    if "\x00" in text:
-        text = text[: text.index("\x00")]  # SQLite's text functions stop at the first NUL
-    length = len(text)
-    if not length:
-        return 1
-    sampled = sum(weight * ord(text[a * length // b]) for weight, a, b in _SAMPLES)
-    counted = sum(weight * text.count(letter) for letter, weight in _COUNTS)
-    return 1 + _LENGTH_WEIGHT * length + sampled + counted
+    return len(text.split("\x00", 1)[0]), text.encode("utf-8", "surrogatepass")
+
+
+def value_fp(row: Mapping[str, Any]) -> int:
+    """The fingerprint of a row's values alone, before its id's factor (modulo MODULUS)."""
+    joined = b""
+    total = 0
+    for column, weight in CONTENT_COLUMNS:
+        stored = _sqlite_value(row.get(column))
+        if stored is not None:
+            total += weight * (stored[0] + 1)
+            joined += stored[1]
+    digits = joined.hex().upper()
+    total += sum(weight * digits.count(nibble) for nibble, weight in _NIBBLES)
+    total += sum(weight * (digits.find(byte) + 1) for byte, weight in _FIRSTS)
+    return total % MODULUS
 
 
 def content_fp(row: Mapping[str, Any]) -> int:
-    """A row's fingerprint of the columns its id does not hash (missing columns count as NULL)."""
-    return sum(weight * text_fp(row.get(column)) for column, weight in CONTENT_COLUMNS)
+    """A row's fingerprint of the columns its id does not hash, tied to its id (`row["id"]`).
+
+    Missing columns count as NULL; a row whose three values are NULL has 0.
+    """
+    return value_fp(row) * id_factor(row.get("id")) % MODULUS
 
 
 # ---- the source's SQL (core SQLite only) ---------------------------------------------------------
 # The SQL travels in the URL, which must stay within URLLENGTH_LIMIT: an inner query gives every
-# value a one-letter name and its length, so the expressions stay short.
+# value a one-letter name, so the expressions stay short.
 
 _ALIASES = {"page_image": "p", "entities_json": "e", "votes_json": "v"}
 # An id of twelve lowercase hex digits, as HEX_ID says. length() and glob stop at a NUL, so the
 # id's bytes are counted too: `abcdef012345` followed by NUL is not one.
 CONFORMS = "ifnull(length(id)=12 and length(cast(id as blob))=12 and id not glob '*[^0-9a-f]*',0)"
-# 0x111111: instr() counts hex digits from 1, so each six-digit half is this much too large.
-_HALF_OFFSET = int("111111", 16)
+
+
+def _literal(digits: str) -> str:
+    """Hex digits as an SQL literal: all-decimal ones unquoted (SQLite reads them as that text)."""
+    return digits if digits.isdecimal() and digits[0] != "0" or digits == "0" else f"'{digits}'"
 
 
 def _fp_sql(columns: Iterable[str]) -> str:
     """The row fingerprint over the inner query's names; missing columns (older sites) are NULL.
 
-    A letter's count is `L - length(replace(v, letter, ''))`; the L terms are gathered into one
-    coefficient and the rest subtracted, which keeps the URL short. An empty value has no
-    characters to sample (unicode() is NULL), hence `lv=0` as the fallback: 1, and 0 for NULL.
+    A nibble's count is `length(x) - length(replace(x, nibble, ''))`; the length terms are
+    gathered into one coefficient, which keeps the URL short. `o` is the id's second half plus
+    0x111111 (the factor of `id_factor`), `x` the hex digits of the joined values.
     """
-    have = set(columns)
-    length_weight = _LENGTH_WEIGHT + sum(weight for _, weight in _COUNTS)
-    terms = []
-    for column, weight in CONTENT_COLUMNS:
-        if column not in have:
-            continue
-        value, length = _ALIASES[column], "l" + _ALIASES[column]
-        samples = "".join(
-            f"+{w}*unicode(substr({value},1+{f'{a}*' if a > 1 else ''}{length}/{b},1))"
-            for w, a, b in _SAMPLES
-        )
-        counts = "".join(f"-{w}*length(replace({value},'{c}',''))" for c, w in _COUNTS)
-        term = f"coalesce(1+{length_weight}*{length}{samples}{counts},{length}=0,0)"
-        terms.append(term if weight == 1 else f"{weight}*{term}")
-    return "+".join(terms) or "0"
+    have = [(_ALIASES[c], w) for c, w in CONTENT_COLUMNS if c in set(columns)]
+    if not have:
+        return "0"
+    lengths = "".join(f"+{w}*ifnull(l{alias}+1,0)" for alias, w in have)
+    counts = "".join(f"-{w}*length(replace(x,{_literal(n)},''))" for n, w in _NIBBLES)
+    firsts = "".join(f"+{w}*instr(x,{_literal(b)})" for b, w in _FIRSTS)
+    nibbles = sum(w for _, w in _NIBBLES)
+    values = f"({nibbles}*length(x){counts}{firsts}{lengths})%{MODULUS}"
+    return f"{values}*ifnull(nullif(c*o,0),1)%{MODULUS}"
 
 
-def _inner_sql(table: str, columns: Iterable[str], where: str) -> str:
-    """Each row's id, whether it is 12 hex digits (c), and the content columns with lengths."""
-    have = set(columns)
-    named = "".join(
-        f",{column} as {alias},length({column}) as l{alias}"
-        for column, alias in _ALIASES.items()
-        if column in have
+def _inner_sql(table: str, columns: Iterable[str], where: str, hexes: str = ":h") -> str:
+    """Each row's id, whether it is 12 hex digits (c), its second half plus 0x111111 (o), the
+    hex digits of its values joined (x) and each value's length."""
+    have = [(c, a) for c, a in _ALIASES.items() if c in set(columns)]
+    lengths = "".join(f",length({column}) as l{alias}" for column, alias in have)
+    joined = "||".join(f"ifnull({c},'')" for c, _ in CONTENT_COLUMNS if c in set(columns))
+    named = f",hex({joined}) as x{lengths}" if have else ""
+    # LIMIT -1 keeps SQLite from flattening this query into the outer one, which would compute
+    # hex() and the id's half once for every use of x and o instead of once a row.
+    return (
+        f"select id,{CONFORMS} as c,{_half_sql(7, hexes)} as o{named} from {table}"
+        f" where {where} limit -1"
     )
-    return f"select id,{CONFORMS} as c{named} from {table} where {where}"
 
 
-def _half_sql(first: int) -> str:
-    return "+".join(f"instr(:h,substr(id,{first + k},1))*{16 ** (5 - k)}" for k in range(6))
+def _half_sql(first: int, hexes: str = ":h") -> str:
+    """Six hex digits' value plus 0x111111, in Horner's form (the shortest in the URL)."""
+    digits = [f"instr({hexes},substr(id,{first + k},1))" for k in range(6)]
+    return "(" * 5 + ")*16+".join(digits)
 
 
 @dataclass(frozen=True)
@@ -161,7 +225,7 @@ def digest_sql(table: str, columns: Iterable[str], id_range: IdRange) -> tuple[s
     offset = f"sum(c)*{_HALF_OFFSET}"
     sql = (
         f"select case when c then substr(id,1,2) else '{OTHER}' end as bucket,count(*) as n,"
-        f"sum(c*({_half_sql(1)}))-{offset} as hi,sum(c*({_half_sql(7)}))-{offset} as lo,"
+        f"sum(c*({_half_sql(1)}))-{offset} as hi,sum(c*o)-{offset} as lo,"
         f"sum({_fp_sql(columns)}) as fp from ({_inner_sql(table, columns, where)})"
         " group by bucket order by bucket"
     )
@@ -171,9 +235,9 @@ def digest_sql(table: str, columns: Iterable[str], id_range: IdRange) -> tuple[s
 def listing_sql(table: str, columns: Iterable[str], limit: int) -> str:
     """Ids and fingerprints of a list of hex buckets (`:buckets`, JSON), keyset after `:after`."""
     where = "id>:after and substr(id,1,2) in (select value from json_each(:buckets))"
+    inner = _inner_sql(table, columns, where, f"'{HEX}'")
     return (
-        f"select id,{_fp_sql(columns)} as fp from ({_inner_sql(table, columns, where)})"
-        f" where c order by id limit {int(limit)}"
+        f"select id,{_fp_sql(columns)} as fp from ({inner}) where c order by id limit {int(limit)}"
     )
 
 

@@ -123,3 +123,52 @@ CREATE TABLE job_seen_ids (
     id     text NOT NULL,
     PRIMARY KEY (job_id, id)
 );
+
+-- civicband/digest.py's content_fp in PostgreSQL, for values PostgreSQL holds (no NUL): the
+-- same weights over the hex digits of the values joined (votes_json, entities_json,
+-- page_image), times the factor of the id's second half. tests/test_digest.py checks that
+-- Python, SQLite and this function agree.
+CREATE FUNCTION civicband_content_fp(
+    id text, page_image text, entities_json text, votes_json text
+) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+SELECT (0
+        + 5064::bigint * coalesce(length(votes_json) + 1, 0)
+        + 3478::bigint * coalesce(length(entities_json) + 1, 0)
+        + 1686::bigint * coalesce(length(page_image) + 1, 0)
+        + 7921::bigint * (length(x) - length(replace(x, '0', '')))
+        + 6665::bigint * (length(x) - length(replace(x, '1', '')))
+        + 2082::bigint * (length(x) - length(replace(x, '2', '')))
+        + 8410::bigint * (length(x) - length(replace(x, '3', '')))
+        + 7045::bigint * (length(x) - length(replace(x, '4', '')))
+        + 8436::bigint * (length(x) - length(replace(x, '5', '')))
+        + 1166::bigint * (length(x) - length(replace(x, '6', '')))
+        + 5740::bigint * (length(x) - length(replace(x, '7', '')))
+        + 5704::bigint * (length(x) - length(replace(x, '8', '')))
+        + 7306::bigint * (length(x) - length(replace(x, '9', '')))
+        + 6441::bigint * (length(x) - length(replace(x, 'A', '')))
+        + 4917::bigint * (length(x) - length(replace(x, 'B', '')))
+        + 5094::bigint * (length(x) - length(replace(x, 'C', '')))
+        + 6856::bigint * (length(x) - length(replace(x, 'D', '')))
+        + 3141::bigint * (length(x) - length(replace(x, 'E', '')))
+        + 9244::bigint * strpos(x, '30')
+        + 7484::bigint * strpos(x, '31')
+        + 5308::bigint * strpos(x, '32')
+        + 2070::bigint * strpos(x, '33')
+        + 3213::bigint * strpos(x, '34')
+        + 4161::bigint * strpos(x, '35')
+        + 5778::bigint * strpos(x, '36')
+        + 9933::bigint * strpos(x, '37')
+        + 6579::bigint * strpos(x, '38')
+        + 7468::bigint * strpos(x, '39')
+        + 4299::bigint * strpos(x, '6E617922')
+        + 3134::bigint * strpos(x, '61796522')
+    ) % 2147483647
+    * CASE WHEN id ~ '^[0-9a-f]{12}$'
+           THEN ('x' || substr(id, 7, 6))::bit(24)::int + 1118481 ELSE 1 END
+    % 2147483647
+FROM (SELECT upper(encode(convert_to(
+    coalesce(votes_json, '') || coalesce(entities_json, '') || coalesce(page_image, ''), 'UTF8'
+), 'hex')) AS x) AS h
+$$;

@@ -15,8 +15,9 @@ from typing import Any
 
 import psycopg
 
+from bench import fingerprint
 from civicband import db, digest, mirror
-from civicband.rows import INVALID_ID, MAX_ID_LENGTH, clean_page
+from civicband.rows import INVALID_ID, MAX_ID_LENGTH, clean_page, raw_text
 from civicband.source import COLUMNS, LEGACY_COLUMNS
 from civicband.store import Store
 from tests.lookalike import data
@@ -131,29 +132,82 @@ def test_a_changed_value_outside_the_id_hash_changes_one_bucket(database_url, tm
     ) == [target["id"][:2]]
 
 
-def test_migration_fingerprints_equal_the_python_ones_for_text_without_nul(database_url):
-    values = [
-        None,
-        "",
-        "a",
-        "ab",
-        "héllo wörld",
-        "🏛️ e\u0301",
-        "z" * 1001,
-        '{"persons": ["Garcia"]}',
+def fingerprint_corpus() -> list[dict[str, Any]]:
+    """Rows PostgreSQL can hold (no NUL): hostile look-alike, clerk-shaped and edge values."""
+    hostile = data.make_rows("agendas", 120, seed="fp", hostile=True)
+    rng = random.Random("fp")
+    clerk = [fingerprint.row(rng, f"{rng.getrandbits(8):02x}") for _ in range(120)]
+    edges = [None, "", "a", "é", "🏛️ e\u0301", "z" * 100_001, '{"name": "\\u00e9"}', "\r\n\t"]
+    odd = [
+        {"id": row_id, "page_image": a, "entities_json": b, "votes_json": c}
+        for row_id, a, b, c in zip(
+            [*HOSTILE_IDS, *(f"{rng.getrandbits(48):012x}" for _ in range(40))],
+            edges * 7,
+            edges[3:] * 9,
+            edges[5:] * 12,
+            strict=False,
+        )
     ]
-    migration = next(text for version, _, text in db.migration_files() if version == 3)
-    expression = migration[migration.index("(SELECT coalesce(sum(") : migration.rindex(")") + 1]
-    with psycopg.connect(database_url) as conn:
-        for page_image in values:
-            for entities in values:
-                got = conn.execute(
-                    f"SELECT {expression} FROM (SELECT %s::text AS page_image, %s::text AS"
-                    " entities_json, NULL::text AS votes_json) AS meeting_pages",
-                    [page_image, entities],
-                ).fetchone()[0]
-                want = digest.content_fp({"page_image": page_image, "entities_json": entities})
-                assert got == want, (page_image, entities)
+    out = []
+    for row in [*hostile, *clerk, *odd]:
+        clean = {k: v.replace("\x00", "") if isinstance(v, str) else v for k, v in row.items()}
+        if isinstance(clean["id"], str) and clean["id"]:
+            out.append(clean)
+    return out
+
+
+def test_python_sqlite_and_the_postgresql_function_agree(database_url):
+    corpus = fingerprint_corpus()
+    conn = sqlite3.connect(":memory:")
+    conn.execute(
+        "CREATE TABLE t (id TEXT PRIMARY KEY, page_image TEXT, entities_json TEXT, votes_json TEXT)"
+    )
+    content = ("page_image", "entities_json", "votes_json")
+    conn.executemany(
+        "INSERT OR IGNORE INTO t VALUES (?, ?, ?, ?)",
+        [(r["id"], *(r.get(c) for c in content)) for r in corpus],
+    )
+    inner = digest._inner_sql("t", ("id", *content), "1")
+    in_sqlite = dict(
+        conn.execute(f"select id,{digest._fp_sql(content)} from ({inner})", {"h": digest.HEX})
+    )
+    with psycopg.connect(database_url) as pg:
+        db.migrate(pg)
+        for row in corpus:
+            values = [row["id"], *(row.get(c) for c in content)]
+            got = pg.execute("SELECT civicband_content_fp(%s, %s, %s, %s)", values).fetchone()[0]
+            assert got == digest.content_fp(row) == in_sqlite[row["id"]], row["id"]
+    assert len(corpus) > 250
+
+
+def test_the_migration_recomputes_stored_fingerprints(database_url):
+    row = fingerprint.row(random.Random(1), "ab")
+    with psycopg.connect(database_url) as pg:
+        for version, _, text in db.migration_files():
+            if version < 4:
+                pg.execute(text)
+        pg.execute("INSERT INTO municipalities (subdomain) VALUES ('s')")
+        document = pg.execute(
+            "INSERT INTO meeting_documents (subdomain, document_type, meeting_name, meeting_date)"
+            " VALUES ('s', 'agenda', 'M', '2024-01-02') RETURNING id"
+        ).fetchone()[0]
+        pg.execute(
+            "INSERT INTO meeting_pages (subdomain, document_type, id, document_id, page_image,"
+            " entities_json, votes_json, content_fp) VALUES ('s', 'agenda', %s, %s, %s, %s, %s, 1)",
+            [row["id"], document, row["page_image"], row["entities_json"], row["votes_json"]],
+        )
+        raws = [raw_text(row), raw_text({**row, "votes_json": "a\x00b"}), "not json"]
+        for raw in raws:
+            pg.execute(
+                "INSERT INTO rejected_rows (subdomain, document_type, row_id, reason, raw,"
+                " content_fp) VALUES ('s', 'agenda', 'x', 'r', %s, 1)",
+                [raw],
+            )
+        pg.execute(next(text for version, _, text in db.migration_files() if version == 4))
+        stored = pg.execute("SELECT content_fp FROM meeting_pages").fetchone()[0]
+        rejected = [r[0] for r in pg.execute("SELECT content_fp FROM rejected_rows ORDER BY id")]
+    assert stored == digest.content_fp(row) != 1
+    assert rejected == [digest.content_fp(row), 0, 0]
 
 
 def test_ids_that_read_the_same_once_cut_are_three_rows_on_both_sides(database_url, tmp_path):

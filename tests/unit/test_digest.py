@@ -7,6 +7,7 @@ Datasette binds query-string parameters. The expected digests are built from the
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import sqlite3
@@ -16,8 +17,10 @@ from typing import Any
 import pytest
 from scrapy import Request
 
+from bench.fingerprint import old_content_fp
 from civicband.datasette import sql_url
 from civicband.digest import (
+    MODULUS,
     OTHER,
     Bucket,
     Difference,
@@ -29,6 +32,7 @@ from civicband.digest import (
     count,
     differing,
     digest_sql,
+    id_factor,
     id_halves,
     listing_sql,
     merge,
@@ -36,7 +40,7 @@ from civicband.digest import (
     read_digest,
     rows_by_id_sql,
     seen_whole,
-    text_fp,
+    value_fp,
 )
 from civicband.source import MAX_SPLIT_DEPTH
 
@@ -164,63 +168,170 @@ def python_digest(rows: Iterable[Mapping[str, Any]]) -> dict[str, Bucket]:
     return total
 
 
-def sqlite_fp(value: Any, column: str = "page_image") -> int:
+def sqlite_fp(value: Any, column: str = "page_image", row_id: str = "ab0000000000") -> int:
     """SQLite's fingerprint of a row holding `value` in one column (listing_sql's fp)."""
-    conn = table([{"id": "ab0000000000", column: value}])
-    rows = query(conn, listing_sql("agendas", COLUMNS, 10), {"buckets": ["ab"], "after": ""})
-    assert [r["id"] for r in rows] == ["ab0000000000"]
+    conn = table([{"id": row_id, column: value}])
+    rows = query(conn, listing_sql("agendas", COLUMNS, 10), {"buckets": [row_id[:2]], "after": ""})
+    assert [r["id"] for r in rows] == [row_id]
     return rows[0]["fp"]
 
 
-# ---- one value's fingerprint ---------------------------------------------------------------------
+def sqlite_bucket_fp(rows: list[dict[str, Any]]) -> int:
+    """The fingerprint sum digest_sql gives one bucket's rows."""
+    got = read_digest(query(table(rows), *digest_sql("agendas", COLUMNS, IdRange())))
+    assert len(got) == 1, got
+    return next(iter(got.values())).fp
 
 
+def blob(data: bytes) -> dict[str, Any]:
+    """A BLOB as Datasette 1.0 serves it."""
+    return {"$base64": True, "encoded": base64.b64encode(data).decode()}
+
+
+# ---- one row's fingerprint -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["page_image", "entities_json", "votes_json"])
 @pytest.mark.parametrize(
     "value", HOSTILE_VALUES, ids=lambda v: repr(v)[:20] if v is not None else "NULL"
 )
-def test_text_fp_is_what_sqlite_computes(value):
-    assert text_fp(value) == sqlite_fp(value)
-
-
-@pytest.mark.parametrize(("column", "weight"), [("entities_json", 3), ("votes_json", 7)])
-def test_each_content_column_has_its_weight_in_sqlite_and_in_python(column, weight):
-    value = "🏛️ e\u0301 \x00 hidden"
-    assert sqlite_fp(value, column) == weight * text_fp(value) == content_fp({column: value})
-
-
-def test_text_fp_stops_at_the_first_nul_like_sqlite():
-    assert (
-        text_fp("abc\x00anything")
-        == text_fp("abc")
-        != text_fp("abc\x00anything".replace("\x00", ""))
-    )
-    assert text_fp("\x00abc") == text_fp("") == 1  # present but empty is not NULL
-    assert text_fp(None) == 0
-
-
-def test_text_fp_of_a_known_value():
-    # length 6, characters sampled at 1 + L/5, 1 + 2L/5, 1 + 3L/5, 1 + 4L/5: 2, 3, 4, 5
-    sampled = 101 * ord("a") + 211 * ord("o") + 307 * ord("e") + 401 * ord("i")
-    counted = 1009 * 1 + 2003 * 1 + 3001 * 1 + 4001 * 2  # one a, e and i; two o
-    assert text_fp("xaoeio") == 1 + 7 * 6 + sampled + counted
+def test_content_fp_is_what_sqlite_computes(value, column):
+    row = {"id": "ab0000000000", column: value}
+    assert content_fp(row) == sqlite_fp(value, column)
 
 
 @pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        ('{"persons": ["Ann Lee", "Bo Tam"]}', '{"persons": ["Bo Tam", "Ann Lee"]}'),
-        ('{"persons": ["Ann Lee", "Bo Tam"]}', '{"persons": ["Ann Lea", "Bo Tam"]}'),
-        ('{"result": "passed"}', '{"result": "failed"}'),
-    ],
+    "data", [b"", b"plain", b"\xff\xfe\x00abc", b"\x80", "\u00e9\U0001f3db".encode(), b"a\x00b"]
 )
-def test_text_fp_sees_changes_that_keep_the_length(old, new):
-    assert len(old) == len(new)
-    assert text_fp(old) != text_fp(new)
-    assert sqlite_fp(old) != sqlite_fp(new)
+def test_a_blob_fingerprints_as_its_bytes_on_both_sides(data):
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE agendas (id TEXT PRIMARY KEY, page_image, entities_json)")
+    conn.execute("INSERT INTO agendas VALUES ('ab0000000000', ?, ?)", (data, b"\x80"))
+    sql = listing_sql("agendas", ("id", "page_image", "entities_json"), 10)
+    [listed] = query(conn, sql, {"buckets": ["ab"], "after": ""})
+    row = {"id": "ab0000000000", "page_image": blob(data), "entities_json": blob(b"\x80")}
+    assert listed["fp"] == content_fp(row) != 0
+
+
+def test_nul_counts_as_sqlite_reads_it():
+    # length() stops at the first NUL; hex() and || read every byte: so does content_fp.
+    for value in ("abc\x00anything", "\x00abc", "a\x00b\x00c"):
+        assert content_fp({"id": "ab0000000000", "votes_json": value}) == sqlite_fp(
+            value, "votes_json"
+        )
+    assert content_fp({"votes_json": "abc\x00x"}) != content_fp({"votes_json": "abc\x00y"})
+    assert content_fp({"votes_json": ""}) != content_fp({}) == 0  # present but empty is not NULL
+
+
+def test_the_fingerprint_of_a_row_depends_on_its_id():
+    row = {"page_image": "/_agendas/City Council/2024-01-08/3.png"}
+    first, second = ({**row, "id": i} for i in ("ab0000000001", "ab0000000002"))
+    assert content_fp(first) != content_fp(second)
+    assert content_fp(first) == value_fp(row) * id_factor("ab0000000001") % MODULUS
+    assert content_fp({**row, "id": "NOT-HEX"}) == value_fp(row)  # the `~` bucket: factor 1
+    assert content_fp(first) == sqlite_fp(row["page_image"], row_id="ab0000000001")
 
 
 def test_numbers_are_fingerprinted_as_sqlite_reads_them_from_a_text_column():
-    assert text_fp(12345) == text_fp("12345") == sqlite_fp(12345)
+    assert content_fp({"page_image": 12345}) == content_fp({"page_image": "12345"})
+    assert content_fp({"id": "ab0000000000", "page_image": 12345}) == sqlite_fp(12345)
+
+
+def test_a_bucket_sum_of_100000_long_rows_stays_inside_64_bits():
+    assert MODULUS * 100_000 < 2**63
+    assert max(id_factor("ffffffffffff"), MODULUS) * MODULUS < 2**63  # each row's product
+
+
+# ---- the changes clerk really makes (bench/fingerprint.py measures their miss rates) -------------
+
+TALLY = {"ayes": 7, "nays": 0, "abstain": None, "absent": None}
+MEMBERS = [{"name": "Park", "vote": "aye"}, {"name": "Ward", "vote": "nay"}]
+MOTION = {
+    "motion_by": "Park",
+    "seconded_by": "Ward",
+    "result": "passed",
+    "tally": TALLY,
+    "individual_votes": MEMBERS,
+    "raw_text": "Motion carried 7-0",
+}
+VOTES = json.dumps({"votes": [MOTION]})
+ENTITIES = json.dumps({"persons": [{"text": "Jane Park", "confidence": 0.85}], "orgs": [],
+                       "locations": []})  # fmt: skip
+
+
+def votes_with(**changes: Any) -> str:
+    return json.dumps({"votes": [{**MOTION, **changes}]})
+
+
+CHANGES = {
+    "empty to filled": ({"votes_json": json.dumps({"votes": []})}, {"votes_json": VOTES}),
+    "entities emptied": (
+        {"entities_json": ENTITIES},
+        {"entities_json": json.dumps({"persons": [], "orgs": [], "locations": []})},
+    ),
+    "tally corrected": (
+        {"votes_json": VOTES},
+        {"votes_json": votes_with(tally={**TALLY, "ayes": 6, "nays": 1})},
+    ),
+    "ayes and nays exchanged": (
+        {"votes_json": VOTES},
+        {"votes_json": votes_with(tally={**TALLY, "ayes": 0, "nays": 7})},
+    ),
+    "name corrected": ({"votes_json": VOTES}, {"votes_json": votes_with(motion_by="Ward")}),
+    "votes exchanged": (
+        {"votes_json": VOTES},
+        {
+            "votes_json": votes_with(
+                individual_votes=[{"name": "Park", "vote": "nay"}, {"name": "Ward", "vote": "aye"}]
+            )
+        },
+    ),
+    "upper case": ({"votes_json": VOTES}, {"votes_json": votes_with(motion_by="PARK")}),
+    "escape changed": (
+        {"entities_json": json.dumps({"persons": [{"text": "Jos\u00e9"}]})},
+        {"entities_json": json.dumps({"persons": [{"text": "Jos\u00e8"}]})},
+    ),
+    "page_image at the same length": (
+        {"page_image": "/_agendas/City Council/2024-01-08/3.png"},
+        {"page_image": "/_agendas/City Council/2024-01-09/3.png"},
+    ),
+}
+
+
+@pytest.mark.parametrize(("before", "after"), CHANGES.values(), ids=CHANGES.keys())
+def test_each_real_change_changes_the_fingerprint_in_python_and_in_sqlite(before, after):
+    row_id = "ab0123456789"
+    old, new = {"id": row_id, **before}, {"id": row_id, **after}
+    assert content_fp(old) != content_fp(new)
+    assert sqlite_bucket_fp([old]) == content_fp(old)
+    assert sqlite_bucket_fp([new]) == content_fp(new)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "tally corrected",
+        "ayes and nays exchanged",
+        "votes exchanged",
+        "page_image at the same length",
+    ],
+)
+def test_the_old_fingerprint_missed_these_changes(change):
+    before, after = CHANGES[change]
+    assert old_content_fp(before) == old_content_fp(after)
+
+
+def test_two_rows_exchanging_their_values_change_the_bucket_sum():
+    first = {"id": "ab0000000001", "votes_json": VOTES, "page_image": "/a/1.png"}
+    second = {"id": "ab0000000002", "votes_json": votes_with(motion_by="Ward"), "page_image": "/b"}
+    exchanged = [
+        {**first, "votes_json": second["votes_json"]},
+        {**second, "votes_json": first["votes_json"]},
+    ]
+    before = sqlite_bucket_fp([first, second])
+    assert before == content_fp(first) + content_fp(second)
+    assert sqlite_bucket_fp(exchanged) == sum(map(content_fp, exchanged)) != before
+    assert old_content_fp(first) + old_content_fp(second) == sum(map(old_content_fp, exchanged))
 
 
 def test_content_fp_of_a_row_is_what_sqlite_lists_for_it():
@@ -241,7 +352,9 @@ def test_legacy_tables_fingerprint_only_the_columns_they_have():
     sql = listing_sql("agendas", LEGACY_COLUMNS, 10_000)
     listed = query(conn, sql, {"buckets": buckets, "after": ""})
     assert {r["id"]: r["fp"] for r in listed} == {r["id"]: content_fp(r) for r in rows}
-    assert {r["id"]: r["fp"] for r in listed} == {r["id"]: text_fp(r["page_image"]) for r in rows}
+    assert {r["id"]: r["fp"] for r in listed} == {
+        r["id"]: content_fp({"id": r["id"], "page_image": r["page_image"]}) for r in rows
+    }
 
 
 def test_a_table_without_any_content_column_has_zero_fingerprints():
