@@ -31,12 +31,9 @@ from civicband.args import (
     parse_batch_size,
 )
 from civicband.db import DatabaseError, one_line
-from civicband.extensions.progress import Progress
-from civicband.gate import CursorGate
 from civicband.items import PageItem
 from civicband.lifecycle import ActiveJob
 from civicband.middlewares import RETRIES_EXHAUSTED, check_settings
-from civicband.pipelines import PostgresPipeline
 from civicband.registry import Registry
 from civicband.runs import EmptyMunicipalities
 from civicband.source import REDIRECTS, Source
@@ -52,11 +49,11 @@ class CivicbandSpider(StoreSpider):
     # What only this spider uses: its jobs and their progress, the gate of their pages, and the
     # page transaction. Added to the project's component dicts (custom_settings would replace
     # them whole), the way Scrapy's add-ons add components.
-    components: ClassVar[tuple[tuple[str, type, int], ...]] = (
-        ("EXTENSIONS", Registry, 2),
-        ("EXTENSIONS", Progress, 5),
-        ("DOWNLOADER_MIDDLEWARES", CursorGate, 50),
-        ("ITEM_PIPELINES", PostgresPipeline, 300),
+    components: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("EXTENSIONS", "civicband.registry.Registry", 2),
+        ("EXTENSIONS", "civicband.extensions.progress.Progress", 5),
+        ("DOWNLOADER_MIDDLEWARES", "civicband.gate.CursorGate", 50),
+        ("ITEM_PIPELINES", "civicband.pipelines.PostgresPipeline", 300),
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -70,7 +67,10 @@ class CivicbandSpider(StoreSpider):
         """The project's settings, plus this spider's own components."""
         super().update_settings(settings)
         for name, component, priority in cls.components:
-            settings.set_in_component_priority_dict(name, component, priority)
+            # At spider priority, as custom_settings are: the runner merges its own settings
+            # into the crawler's later, and a project-priority dict would be taken for its own.
+            merged = {**settings.getdict(name), component: priority}
+            settings.set(name, merged, priority="spider")
 
     @staticmethod
     def check_arguments(kwargs: dict[str, Any], settings: BaseSettings) -> SpiderArguments:
@@ -106,7 +106,7 @@ class CivicbandSpider(StoreSpider):
         """Open the database and the run, probe sites never seen, page the jobs claimed."""
         try:
             await self.store.open()
-            unknown = await self.registry.open(self.arguments, resume=self.resume)
+            unknown = await self.registry.claims.open(self.arguments, resume=self.resume)
         except EmptyMunicipalities as error:
             raise self._stop(str(error), "civicband_bad_argument") from None
         except DatabaseError as error:
@@ -118,7 +118,7 @@ class CivicbandSpider(StoreSpider):
                 errback=self.probe_failed,
                 subdomain=subdomain,
             )
-        for request in await self.registry.claim():
+        for request in await self.registry.claims.claim():
             yield request
 
     @cached_property
@@ -138,7 +138,7 @@ class CivicbandSpider(StoreSpider):
 
     def spider_idle(self) -> None:
         """Stay open while jobs run or the queue may hold more (the registry decides)."""
-        if self.registry.keep_open():
+        if self.registry.claims.keep_open():
             raise DontCloseSpider
 
     # ---- sites never seen ---------------------------------------------------------------------
@@ -159,7 +159,7 @@ class CivicbandSpider(StoreSpider):
             else:
                 self._site_failed(subdomain, f"{error} at {response.url}")
             return
-        for request in await self.registry.add_site(subdomain):
+        for request in await self.registry.claims.add_site(subdomain):
             yield request
 
     def probe_failed(self, failure: Failure) -> None:

@@ -41,6 +41,7 @@ def spider() -> CivicbandSpider:
     spider = CivicbandSpider.from_crawler(crawler, subdomain="oakland.ca")
     crawler.spider = spider
     crawler.engine = RecordingEngine()
+    crawler.crawling = True  # the spider goes idle while the crawl runs
     return spider
 
 
