@@ -92,7 +92,15 @@ def parse_batch_size(value: Any) -> int:
 
 
 def parse_arguments(kwargs: dict[str, Any]) -> SpiderArguments:
-    """Check every argument; unknown ones are left to Scrapy."""
+    """Check every argument: a misspelt one (`verfy_only`) must not run a crawl that writes.
+
+    Arguments deployment tools add themselves start with `_` (scrapyd's `_job`, `_version`).
+    """
+    unknown = sorted(k for k in kwargs if k not in SpiderArguments.names and not k.startswith("_"))
+    if unknown:
+        raise ArgumentError(
+            f"{unknown[0]}: unknown argument; known: {', '.join(SpiderArguments.names)}"
+        )
     document_type = str(kwargs.get("document_type", "both")).strip().lower()
     if document_type not in DOCUMENT_TYPES:
         raise ArgumentError(

@@ -2,7 +2,7 @@
 
 Digests first (one request for most tables); ids and fingerprints of the differing buckets only;
 then exactly the new and changed pages by id; then the vanished ones deleted, after complete
-listings and within the shrink guard; then verification (civicband.extensions.verify) judges
+listings and within the shrink guard; then verification (civicband.verification) judges
 against the digest taken at the start. With exact=true every value is compared as well
 (civicband.exact), and the pages whose values differ are fetched with the rest; verification
 then compares every value again, unless the catch-up changed nothing. A catch-up that would cost
@@ -15,21 +15,20 @@ import hashlib
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 from scrapy.crawler import Crawler
-from scrapy.exceptions import DropItem, NotConfigured
 from scrapy.statscollectors import StatsCollector
 
 from civicband import digest, exact, jobs, mirror
-from civicband import signals as civicband_signals
 from civicband.datasette import MAX_PAGE_SIZE, SourceError
 from civicband.digest import OTHER, Difference
-from civicband.pipelines import PageWriter, guarded_write
-from civicband.registry import CATCHING_UP, FETCHING, ActiveJob, Registry
+from civicband.lifecycle import ActiveJob, Exhausted, Failed, Restart
 from civicband.rows import clean_page, raw_text
-from civicband.source import Source, Stopping
-from civicband.store import Store
+from civicband.source import Source
+
+if TYPE_CHECKING:
+    from civicband.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -138,51 +137,29 @@ def warn_large_removal(
 
 
 class CatchUp:
-    """Run catch-ups of the jobs the spider claims in catch-up mode."""
+    """Catch up one job: a step the Registry runs, returning what to do next."""
 
-    def __init__(self, crawler: Crawler) -> None:
+    def __init__(self, crawler: Crawler, registry: Registry, source: Source) -> None:
+        settings = crawler.settings
         self.crawler = crawler
         self.stats = crawler.stats
-        self.guard = crawler.settings.getfloat("CIVICBAND_SHRINK_GUARD")
-        self.warn_ratio = crawler.settings.getfloat("CIVICBAND_REMOVAL_WARN_RATIO")
+        self.registry = registry
+        self.source = source
+        self.guard = settings.getfloat("CIVICBAND_SHRINK_GUARD")
+        self.warn_ratio = settings.getfloat("CIVICBAND_REMOVAL_WARN_RATIO")
         self.page_cap = MAX_PAGE_SIZE
-        if not crawler.settings.get("CIVICBAND_SERVICE_SECRET"):  # public pages are capped
-            self.page_cap = crawler.settings.getint("CIVICBAND_PUBLIC_PAGE_SIZE") or MAX_PAGE_SIZE
-        self.writer = PageWriter(crawler)
+        if not settings.get("CIVICBAND_SERVICE_SECRET"):  # public pages are capped
+            self.page_cap = settings.getint("CIVICBAND_PUBLIC_PAGE_SIZE") or MAX_PAGE_SIZE
 
-    @classmethod
-    def from_crawler(cls, crawler: Crawler) -> Self:
-        """Only the civicband spider catches up."""
-        if crawler.spidercls.name != "civicband":
-            raise NotConfigured("CatchUp serves the civicband spider only")
-        return cls(crawler)
-
-    def _component(self, kind: type) -> Any:
-        component = self.crawler.get_extension(kind)
-        assert component is not None, f"{kind.__module__}.{kind.__name__} must be in EXTENSIONS"
-        return component
-
-    def start(self, job: ActiveJob) -> None:
-        """Begin a job's catch-up as a step of its own."""
-        job.state = CATCHING_UP
-        registry: Registry = self._component(Registry)
-        registry.spawn(job, self.run(job), "the catch-up")
-
-    async def run(self, job: ActiveJob) -> None:
+    async def run(self, job: ActiveJob) -> Exhausted | Restart | Failed:
         """The whole catch-up of one job; a source that cannot answer fails it, deleting nothing."""
-        registry: Registry = self._component(Registry)
         try:
-            await self._run(job, registry)
-        except Stopping:
-            return
+            return await self._run(job)
         except SourceError as error:
-            await registry.fail(job, f"catch-up: {error}")
-        except DropItem:
-            return  # a write ended the job, and said why
+            return Failed(f"catch-up: {error}")
 
-    async def _run(self, job: ActiveJob, registry: Registry) -> None:
-        store: Store = self._component(Store)
-        source: Source = self._component(Source)
+    async def _run(self, job: ActiveJob) -> Exhausted | Restart | Failed:
+        registry, source = self.registry, self.source
         site, kind = job.subdomain, job.document_type
 
         async def local_state(conn: Any) -> tuple[digest.Digest, tuple[int, int]]:
@@ -191,9 +168,7 @@ class CatchUp:
                 await mirror.local_counts(conn, site, kind),
             )
 
-        local, (pages, rejected) = await guarded_write(
-            registry, job, "reading the mirror", store.transact(local_state, f"reading {site}")
-        )
+        local, (pages, rejected) = await registry.run_step(job, "reading the mirror", local_state)
         source_digest = await source.digest(site, kind, size_hint=pages + rejected)
         expected = digest.count(source_digest)
         differ = digest.differing(source_digest, local)
@@ -204,7 +179,7 @@ class CatchUp:
             len(differ),
             len(source_digest.keys() | local.keys()),
         )
-        found = await exact.check(job, registry, store, source) if job.exact else None
+        found = await exact.check(job, registry, source) if job.exact else None
         stale = found.stale if found is not None else []
         if found is not None:
             logger.info(
@@ -212,81 +187,49 @@ class CatchUp:
             )
         if not differ and not stale:
             # Nothing to change: what the catch-up compared is what verification would find.
-            registry.exhausted(job, source_digest, found)
-            return
+            return Exhausted(source_digest, found)
         hexes = [b for b in differ if b != OTHER]
         source_ids = await source.listing(site, kind, hexes) if hexes else {}
-        local_ids, rejected_ids = await guarded_write(
-            registry,
-            job,
-            "reading the mirror",
-            store.transact(lambda conn: mirror.listing(conn, site, kind, hexes), f"listing {site}"),
+        local_ids, rejected_ids = await registry.run_step(
+            job, "reading the mirror", lambda conn: mirror.listing(conn, site, kind, hexes)
         )
         difference = digest.compare(source_ids, local_ids, rejected_ids)
         other_rows: list[dict[str, Any]] = []
         other_checked = True
         if OTHER in differ:
             other_rows, other_checked = await source.other_rows(site, kind)
-            other_pages, other_rejected = await guarded_write(
-                registry,
-                job,
-                "reading the mirror",
-                store.transact(
-                    lambda conn: mirror.other_listing(conn, site, kind), f"listing {site}"
-                ),
+            other_pages, other_rejected = await registry.run_step(
+                job, "reading the mirror", lambda conn: mirror.other_listing(conn, site, kind)
             )
             difference += other_difference(other_rows, other_pages, other_rejected)
         changed_since(source_digest, hexes, source_ids, other_rows if OTHER in differ else None)
         to_fetch = sorted({*difference.to_fetch, *stale})
-        if not job.repair and self._cheaper_to_page(source, site, len(to_fetch), expected):
-            await self._become_full_pass(job, registry, store, len(to_fetch))
-            return
-        job.rows_expected = job.rows_done + len(to_fetch) + len(other_rows)
+        if not job.repair and self._cheaper_to_page(site, len(to_fetch), expected):
+            return Restart(len(to_fetch))
+        job.expect(job.rows_done + len(to_fetch) + len(other_rows))
         async for rows, checked in source.rows_by_id(site, kind, to_fetch):
-            await self._store(job, registry, rows, checked)
+            await self._store(job, rows, checked)
         if other_rows:
-            await self._store(job, registry, other_rows, other_checked)
-        await self._delete(job, registry, store, difference=difference, expected=expected)
-        registry.exhausted(job, source_digest)
+            await self._store(job, other_rows, other_checked)
+        refusal = await self._delete(job, difference=difference, expected=expected)
+        return Failed(refusal) if refusal else Exhausted(source_digest)
 
-    def _cheaper_to_page(self, source: Source, site: str, fetch: int, expected: int) -> bool:
+    def _cheaper_to_page(self, site: str, fetch: int, expected: int) -> bool:
         """Whether a full pass would take fewer requests than fetching these rows by id.
 
         Pages are as large as the site serves them: public pages are capped, and a site with a
         smaller max_returned_rows says so.
         """
         batch_size = self.crawler.spider.batch_size  # -a batch_size, else CIVICBAND_BATCH_SIZE
-        size = min(batch_size, self.page_cap, source.page_limits.get(site, MAX_PAGE_SIZE))
+        size = min(batch_size, self.page_cap, self.source.page_limits.get(site, MAX_PAGE_SIZE))
         by_id = math.ceil(fetch / min(IDS_PER_REQUEST, size))
         paging = math.ceil(expected / size) + 1
         return by_id > paging
 
-    async def _become_full_pass(
-        self, job: ActiveJob, registry: Registry, store: Store, fetch: int
-    ) -> None:
-        await guarded_write(
-            registry,
-            job,
-            "restarting as a full pass",
-            store.transact(
-                lambda conn: jobs.restart_full(conn, job.lease), f"restarting {job.lease}"
-            ),
-        )
-        self.stats.inc_value("civicband/catchup/full_passes")
-        logger.info(
-            "%s: %d pages differ, more than a full pass costs: paging through instead", job, fetch
-        )
-        job.mode, job.cursor, job.last_id, job.state = jobs.FULL, None, None, FETCHING
-        self.crawler.signals.send_catch_log(civicband_signals.job_restarted, job=job)
-
-    async def _store(
-        self, job: ActiveJob, registry: Registry, rows: list[dict[str, Any]], checked: bool
-    ) -> None:
+    async def _store(self, job: ActiveJob, rows: list[dict[str, Any]], checked: bool) -> None:
         page = clean_page(rows, unicode_checked=checked)
         async with job.write_lock:
-            stored = await guarded_write(
-                registry, job, "storing fetched rows", self.writer.rows(job, rows, page)
-            )
+            stored = await self.registry.writer.rows(job, rows, page)
         self.stats.inc_value("civicband/catchup/fetched", len(rows))
         if stored is not None:
             self.stats.inc_value("civicband/catchup/created", stored.created)
@@ -295,17 +238,15 @@ class CatchUp:
     async def _delete(
         self,
         job: ActiveJob,
-        registry: Registry,
-        store: Store,
         *,
         difference: Difference,
         expected: int,
-    ) -> None:
-        """Delete what complete listings lack, unless the source shrank past the guard."""
+    ) -> str:
+        """Delete what complete listings lack; the refusal when the source shrank past the guard."""
         md5s = [x for x in difference.stale_rejections if not digest.HEX_ID.match(x)]
         rejected_ids = [x for x in difference.stale_rejections if digest.HEX_ID.match(x)]
         if not (difference.extra or difference.stale_rejections):
-            return
+            return ""
 
         async def work(conn: Any) -> tuple[str, int, int, int]:
             """(refusal, pages, 0, 0) when the guard holds; ("", pages, removed, unrejected)."""
@@ -333,16 +274,12 @@ class CatchUp:
             await jobs.count(conn, job.lease, removed=removed[0])
             return "", pages, *removed
 
-        refusal, pages, removed, unrejected = await guarded_write(
-            registry,
-            job,
-            "deleting vanished pages",
-            store.transact(work, f"deleting for {job.lease}"),
+        refusal, pages, removed, unrejected = await self.registry.run_step(
+            job, "deleting vanished pages", work
         )
         if refusal:
             self.stats.inc_value("civicband/shrink/refused")
-            await registry.fail(job, refusal)
-            raise DropItem(refusal)
+            return refusal
         self.stats.inc_value("civicband/catchup/deleted", removed)
         self.stats.inc_value("civicband/rows/unrejected", unrejected)
         warn_large_removal(self.stats, job, removed=removed, local=pages, ratio=self.warn_ratio)
@@ -352,3 +289,4 @@ class CatchUp:
             removed,
             unrejected,
         )
+        return ""

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from civicband.args import ArgumentError, parse_bool
+from civicband import datasette
+from civicband.args import ArgumentError, parse_batch_size, parse_bool
 
 # Numeric settings, each (kind, lowest, highest or None).
 NUMBER_SETTINGS: dict[str, tuple[type, float, float | None]] = {
@@ -162,3 +163,11 @@ def check_settings(settings: Any) -> None:
     check_number_settings(settings)
     read_limits(settings)
     read_jsonrpc(settings)
+    try:
+        datasette.check_site_url(settings.get("CIVICBAND_SITE_URL"))
+    except ValueError as error:
+        raise ArgumentError(str(error)) from None
+    try:
+        parse_batch_size(settings.get("CIVICBAND_BATCH_SIZE"))
+    except ArgumentError as error:
+        raise ArgumentError(f"CIVICBAND_BATCH_SIZE: {error}") from None

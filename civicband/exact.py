@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from civicband import mirror
 from civicband.digest import CONFORMS
-from civicband.pipelines import guarded_write
 from civicband.rows import stored_text
 
 if TYPE_CHECKING:
-    from civicband.registry import ActiveJob, Registry
+    from civicband.lifecycle import ActiveJob
+    from civicband.registry import Registry
     from civicband.source import Source
-    from civicband.store import Store
 
 VALUE_COLUMNS = ("page_image", "entities_json", "votes_json")
 Values = tuple[str | None, ...]
@@ -104,16 +103,13 @@ async def compare(source: Source, subdomain: str, document_type: str, read: Read
     return total
 
 
-async def check(job: ActiveJob, registry: Registry, store: Store, source: Source) -> Exact:
+async def check(job: ActiveJob, registry: Registry, source: Source) -> Exact:
     """The exact comparison of one job's (site, type), reading the mirror under its lease."""
-    site = job.subdomain
 
     def read(work: Callable[[Any], Awaitable[Any]]) -> Awaitable[Any]:
-        return guarded_write(
-            registry, job, "reading the mirror", store.transact(work, f"comparing {site}")
-        )
+        return registry.run_step(job, "reading the mirror", work)
 
-    found = await compare(source, site, job.document_type, read)
+    found = await compare(source, job.subdomain, job.document_type, read)
     source.stats.inc_value("civicband/exact/compared", found.listed)
     source.stats.inc_value("civicband/exact/stale", len(found.stale))
     return found

@@ -28,9 +28,7 @@ class CursorGate:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        """Only the civicband spider pages through jobs."""
-        if crawler.spidercls.name != "civicband":
-            raise NotConfigured("CursorGate serves the civicband spider only")
+        """Pages belong to the registry's jobs: without it there is nothing to admit."""
         registry = crawler.get_extension(Registry)
         if registry is None:
             raise NotConfigured("CursorGate needs civicband.registry.Registry in EXTENSIONS")

@@ -1,82 +1,50 @@
-"""This process's jobs: what each holds, what it fetches next, and how it ends.
+"""This process's jobs: claiming them, running their steps, and every way one of them ends.
 
-The spider, the gate, the pipeline and the extensions read and change a job only through the
-Registry; its database side goes through civicband/jobs.py, fenced by the job's lease token.
-Control never travels as items: a job that fails, is lost or ends says so here, once.
+The Registry owns each job's lifecycle (civicband.lifecycle): it claims jobs from the run's
+queue (civicband.runs), starts each the way its mode says, runs catch-up and verification as
+async steps that return outcomes, and ends jobs. Its database side goes through
+civicband/jobs.py, fenced by the job's lease token; every fenced step is one `run_step`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Self, TypeVar
 
 from scrapy import Request, signals
 from scrapy.crawler import Crawler
 
 from civicband import db, jobs
 from civicband import signals as civicband_signals
-from civicband.digest import Digest
+from civicband.catchup import CatchUp
+from civicband.claims import Claims
+from civicband.lifecycle import (
+    CATCHING_UP,
+    ENDED,
+    VERIFYING,
+    ActiveJob,
+    Exhausted,
+    Failed,
+    Restart,
+)
 from civicband.middlewares import RATE_LIMIT_WAITS
+from civicband.source import Source, SourceError, Stopping
 from civicband.store import Store
-
-if TYPE_CHECKING:
-    from civicband.exact import Exact
+from civicband.verification import Verify
+from civicband.writer import PageWriter
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-FETCHING, CATCHING_UP, VERIFYING = "fetching", "catching up", "verifying"
 
-
-@dataclass(eq=False)
-class ActiveJob:
-    """One job this process holds."""
-
-    lease: jobs.Lease
-    mode: str
-    run_id: int
-    allow_shrink: bool = False
-    repair: bool = False  # a catch-up that must never become a full pass
-    exact: bool = False  # judged by comparing every value, not by the digests alone
-    state: str = FETCHING
-    cursor: str | None = None  # the page a full pass fetches next
-    inflight: bool = False  # its next page is being downloaded
-    last_id: str | None = None  # the highest id of the last page parsed
-    stopped: bool = False
-    reissued: int = 0
-    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    tasks: set[asyncio.Task] = field(default_factory=set)
-    # progress: rows received by this job (earlier attempts included) and the source's count
-    rows_done: int = 0
-    rows_expected: int | None = None
-    rows_at_claim: int = 0
-    claimed_at: float = field(default_factory=time.monotonic)
-    waiting: str | None = None  # "rate limited" or "backing off" while its request waits
-
-    @property
-    def job_id(self) -> int:
-        """The job's id in backfill_jobs."""
-        return self.lease.job_id
-
-    @property
-    def subdomain(self) -> str:
-        """The site."""
-        return self.lease.subdomain
-
-    @property
-    def document_type(self) -> str:
-        """agenda or minutes."""
-        return self.lease.document_type
-
-    def __str__(self) -> str:
-        return f"Job {self.job_id} {self.subdomain}/{self.document_type}"
+class JobEnded(Exception):
+    """A fenced step found its job ended (recorded already): the step stops, saying nothing."""
 
 
 class Registry:
-    """The jobs this process runs, and every way one of them ends."""
+    """The jobs this process runs, from claim to end."""
 
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
@@ -86,31 +54,32 @@ class Registry:
         self.outcomes: dict[int, str] = {}  # how each job left this process, for the summary
         self.site_failures: dict[str, str] = {}  # named sites that never became jobs, and why
         self.database_down = False
-        self._settling: set[asyncio.Task] = set()
+        self.claims = Claims(self)
+        self._background: set[asyncio.Task] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        """Close held jobs when the spider closes."""
+        """Wire the parts once the spider opens; pause what is held when it closes."""
         registry = cls(crawler)
-        crawler.signals.connect(registry.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(registry.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(registry.claims.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(registry.request_waiting, signal=civicband_signals.request_waiting)
-        crawler.signals.connect(registry.leases_renewed, signal=civicband_signals.leases_renewed)
+        crawler.signals.connect(
+            registry.claims.leases_renewed, signal=civicband_signals.leases_renewed
+        )
         return registry
 
-    def request_waiting(self, request: Request, why: str | None) -> None:
-        """A request of a job waits out a backoff or a rate limit, or stopped waiting."""
-        job = self.get(request.meta.get("job_id"))
-        if job is not None:
-            job.waiting = why
+    def spider_opened(self) -> None:
+        """Find the database and the source, once: extensions exist only after from_crawler."""
+        store, source = self.crawler.get_extension(Store), self.crawler.get_extension(Source)
+        if store is None or source is None:
+            raise RuntimeError("the Registry needs civicband.store.Store and .source.Source")
+        self.store, self.source = store, source
+        self.writer = PageWriter(self, self.stats)
+        self.catch_up = CatchUp(self.crawler, self, source)
+        self.verify = Verify(self.crawler, self, source)
 
-    @property
-    def store(self) -> Store:
-        """The crawl's database."""
-        store = self.crawler.get_extension(Store)
-        assert store is not None, "civicband.store.Store must be in EXTENSIONS"
-        return store
-
-    # ---- holding jobs -----------------------------------------------------------------------
+    # ---- a job's life ----------------------------------------------------------------------
 
     def add(
         self,
@@ -121,21 +90,37 @@ class Registry:
         repair: bool,
         exact: bool = False,
     ) -> ActiveJob:
-        """A job this process has just claimed."""
-        job = ActiveJob(
-            lease=claim.lease,
-            mode=claim.mode,
-            run_id=run_id,
-            allow_shrink=allow_shrink,
-            repair=repair,
-            exact=exact,
-            cursor=claim.cursor,
-            rows_done=claim.pages_fetched,
-            rows_at_claim=claim.pages_fetched,
-        )
+        """A job this process has just claimed: it is the registry's from now on."""
+        options = {"allow_shrink": allow_shrink, "repair": repair, "exact": exact}
+        job = ActiveJob(claim, run_id, options)
         self.jobs[job.job_id] = job
         self.touched[job.job_id] = (job.subdomain, job.document_type)
         return job
+
+    def start(self, job: ActiveJob) -> Request | None:
+        """Start a claimed job the way its mode says; a full pass's first request, if any."""
+        step = job.first_step()
+        job.move(step)
+        if step == VERIFYING:
+            self.spawn(job, self._verifying(job, Exhausted()), "verification")
+        elif step == CATCHING_UP:
+            self.spawn(job, self._catching_up(job), "the catch-up")
+        else:
+            return self._paging(job)
+        return None
+
+    def _paging(self, job: ActiveJob) -> Request:
+        """A full pass starts: its source count for progress, and its first page's request."""
+        self.spawn(job, self._take_count(job), "counting the source's rows")
+        return self.crawler.spider.page_request(job)  # the civicband spider, which pages
+
+    async def _take_count(self, job: ActiveJob) -> None:
+        try:
+            job.expect(await self.source.count(job.subdomain, job.document_type))
+        except (SourceError, Stopping) as error:
+            logger.debug("%s: no source count for progress: %s", job, error)
+
+    # ---- paging: the spider, the gate and the pipeline ask here -------------------------------
 
     def get(self, job_id: Any, token: Any = None) -> ActiveJob | None:
         """The job if this process still holds it (under `token`, when given)."""
@@ -151,18 +136,27 @@ class Registry:
         held elsewhere, for a page already stored, or for a page already on its way is dropped.
         """
         job = self.get(request.meta.get("job_id"))
-        retry = request.meta.get("retry_times", 0) > 0 or request.meta.get(RATE_LIMIT_WAITS, 0) > 0
         if job is None:
             return "not running here"
-        if job.state != FETCHING or job.mode != jobs.FULL:
-            return "not paging"
-        if request.meta.get("cursor") != job.cursor:
-            return "not its next page"
-        if job.inflight and not retry:
-            return "already being fetched"
-        job.inflight = True
-        request.meta["token"] = job.lease.token  # a request restored from JOBDIR names the old one
-        return None
+        meta = request.meta
+        retry = meta.get("retry_times", 0) > 0 or meta.get(RATE_LIMIT_WAITS, 0) > 0
+        why = job.admit(meta.get("cursor"), retry=retry)
+        if why is None:
+            meta["token"] = job.lease.token  # a request restored from JOBDIR names the old one
+        return why
+
+    def request_waiting(self, request: Request, why: str | None) -> None:
+        """A request of a job waits out a backoff or a rate limit, or stopped waiting."""
+        if (job := self.get(request.meta.get("job_id"))) is not None:
+            job.wait(why)
+
+    def page_stored(self, job: ActiveJob, *, final: bool) -> None:
+        """The pipeline committed a page; after the last one, verification takes over."""
+        if final and job.move(VERIFYING):
+            logger.info("%s: all pages stored; verifying", job)
+            self.spawn(job, self._verifying(job, Exhausted()), "verification")
+
+    # ---- steps ----------------------------------------------------------------------------------
 
     def spawn(self, job: ActiveJob, work: Coroutine[Any, Any, None], what: str) -> None:
         """Run one step of a job; anything it did not expect fails the job, visibly."""
@@ -173,89 +167,97 @@ class Registry:
             job.tasks.discard(finished)
             if finished.cancelled() or (error := finished.exception()) is None:
                 return
+            if isinstance(error, JobEnded | Stopping):
+                return  # the job ended and said why, or the crawl stops: it is paused
             logger.error("%s: unexpected error in %s", job, what, exc_info=error)
             message = f"unexpected error in {what}: {type(error).__name__}: {db.one_line(error)}"
-            asyncio.ensure_future(self.fail(job, message))
+            self.background(self.fail(job, message))
 
         task.add_done_callback(done)
 
-    def busy(self, job: ActiveJob) -> bool:
-        """Whether a step of the job is still running (a catch-up, a verification, a count)."""
-        return bool(job.tasks)
+    async def run_step(self, job: ActiveJob, what: str, work: Callable[[Any], Awaitable[T]]) -> T:
+        """One fenced database step of a job, in one transaction; what goes wrong ends the job.
+
+        A lost lease stops the job here; a database that stays down stops the crawl (jobs stay
+        resumable); any other error fails the job with the reason. Then JobEnded.
+        """
+        try:
+            return await self.store.transact(work, f"{what} ({job.lease})")
+        except jobs.LeaseLost:
+            await self.lost(job)
+        except db.DatabaseUnavailable as error:
+            await self.database_lost(error)
+        except db.DatabaseError as error:
+            self.stats.inc_value("civicband/db/errors")
+            await self.fail(job, f"database error {what}: {error}")
+        except Exception as error:
+            logger.exception("%s: unexpected error %s", job, what)
+            await self.fail(
+                job, f"unexpected error {what}: {type(error).__name__}: {db.one_line(error)}"
+            )
+        raise JobEnded(str(job))
+
+    async def _catching_up(self, job: ActiveJob) -> None:
+        outcome = await self.catch_up.run(job)
+        if isinstance(outcome, Restart):
+            await self.run_step(job, "restarting as a full pass", self._restart(job))
+            self.stats.inc_value("civicband/catchup/full_passes")
+            logger.info(
+                "%s: %d pages differ, more than a full pass costs: paging through instead",
+                job,
+                outcome.fetch,
+            )
+            if job.restart_full():
+                self.claims.crawl(self._paging(job))
+        elif isinstance(outcome, Exhausted) and job.move(VERIFYING):
+            await self._verifying(job, outcome)
+        elif isinstance(outcome, Failed):
+            await self.fail(job, outcome.message)
+
+    @staticmethod
+    def _restart(job: ActiveJob) -> Callable[[Any], Awaitable[None]]:
+        return lambda conn: jobs.restart_full(conn, job.lease)
+
+    async def _verifying(self, job: ActiveJob, taken: Exhausted) -> None:
+        status = await self.verify.run(job, taken)
+        await self.end(job, status)
 
     # ---- how a job ends -----------------------------------------------------------------------
 
-    def exhausted(
-        self, job: ActiveJob, source_digest: Digest | None = None, exact: Exact | None = None
-    ) -> None:
-        """Nothing more to fetch: verification takes over."""
-        if job.stopped:
-            return
-        job.state = VERIFYING
-        self.crawler.signals.send_catch_log(
-            civicband_signals.job_exhausted, job=job, source_digest=source_digest, exact=exact
-        )
-
     async def fail(self, job: ActiveJob, error: str, *, retries_exhausted: bool = False) -> None:
         """The job cannot go on here: failed with why (fenced), its cursor kept for resume."""
-        if job.stopped:
+        if not job.move(ENDED):
             return
-        job.stopped = True
         try:
             await self.store.transact(
                 lambda conn: jobs.fail(conn, job.lease, error, retries_exhausted=retries_exhausted),
                 f"recording the failure of {job.lease}",
             )
         except jobs.LeaseLost:
-            await self._lost(job)
+            await self._leave(job, "lost")
             return
         except db.DatabaseError as problem:
             self.stats.inc_value("civicband/db/errors")
             logger.error("%s: could not record its failure (%s): %s", job, problem, error)
         self.stats.inc_value("civicband/jobs/failed")
         logger.error("%s failed: %s", job, error)
-        await self.end(job, "failed")
+        await self._leave(job, "failed")
 
     async def lost(self, job: ActiveJob) -> None:
         """Another process claimed the job since this one did: stop it here, writing nothing."""
-        if job.stopped:
-            return
-        job.stopped = True
-        await self._lost(job)
-
-    def leases_renewed(self, lost: list[int], kept: list[int]) -> None:
-        """The lease connection was cut and renewed: jobs whose lease went elsewhere stop now."""
-        task = asyncio.ensure_future(self._settle_leases(lost, kept))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def _settle_leases(self, lost: list[int], kept: list[int]) -> None:
-        """Stop the jobs whose lock others took, then those whose token moved meanwhile."""
-        for job_id in lost:
-            if (job := self.get(job_id)) is not None:
-                await self.lost(job)
-        held = [job.lease for job_id in kept if (job := self.get(job_id)) is not None]
-        if not held:
-            return
-        try:
-            moved = await self.store.transact(
-                lambda conn: jobs.moved_leases(conn, held), "checking the renewed leases"
-            )
-        except db.DatabaseError as error:
-            logger.warning("Could not check the renewed leases (%s): their next write will", error)
-            return
-        for job_id in moved:
-            if (job := self.get(job_id)) is not None:
-                await self.lost(job)
-
-    async def _lost(self, job: ActiveJob) -> None:
-        self.stats.inc_value("civicband/jobs/lost")
-        logger.warning("%s: its lease was taken by another process; stopped here", job)
-        await self.end(job, "lost")
+        if job.move(ENDED):
+            await self._leave(job, "lost")
 
     async def end(self, job: ActiveJob, status: str) -> None:
-        """The job leaves this process: its lease goes back and more work may be claimed."""
-        job.stopped = True
+        """The job's verdict is recorded: it leaves this process."""
+        if job.move(ENDED):
+            await self._leave(job, status)
+
+    async def _leave(self, job: ActiveJob, status: str) -> None:
+        """Give the lease back, stop its other steps, and claim more work."""
+        if status == "lost":
+            self.stats.inc_value("civicband/jobs/lost")
+            logger.warning("%s: its lease was taken by another process; stopped here", job)
         if self.jobs.pop(job.job_id, None) is None:
             return
         self.outcomes[job.job_id] = status
@@ -265,7 +267,14 @@ class Registry:
                 task.cancel()
         if not self.database_down:
             await self.store.release(job.job_id)
-        self.crawler.signals.send_catch_log(civicband_signals.job_ended, job=job, status=status)
+            self.background(self.claims.remember_dialects())
+        self.claims.job_ended()
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work that belongs to no job (a refill, a lease check), keeping it referenced."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def database_lost(self, error: BaseException) -> None:
         """The database stayed down: stop everything, leaving jobs as they are (resumable)."""
@@ -279,45 +288,7 @@ class Registry:
             db.one_line(error),
         )
         for job in self.jobs.values():
-            job.stopped = True
+            job.move(ENDED)
         engine = self.crawler.engine
         if engine is not None:
-            asyncio.ensure_future(engine.close_spider_async(reason="civicband_database_lost"))
-
-    # ---- the end of the crawl -----------------------------------------------------------------
-
-    async def spider_closed(self, reason: str) -> None:
-        """Stop every step, pause the jobs still held, and report every job this process had."""
-        tasks = [task for job in self.jobs.values() for task in job.tasks]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        held = [job for job in self.jobs.values() if not job.stopped]
-        summaries: list[dict[str, Any]] = []
-        if self.store.is_open and not self.database_down:
-            summaries = await self._pause_and_summarise(held)
-        self.crawler.signals.send_catch_log(civicband_signals.jobs_closed, summaries=summaries)
-
-    async def _pause_and_summarise(self, held: list[ActiveJob]) -> list[dict[str, Any]]:
-        try:
-            paused = await self.store.transact(
-                lambda conn: jobs.pause(conn, [job.lease for job in held]), "pausing jobs"
-            )
-        except db.DatabaseError as error:
-            logger.error("Could not mark jobs %s paused: %s", [j.job_id for j in held], error)
-            return []
-        for job_id in paused:
-            self.outcomes[job_id] = "paused"
-        if paused:
-            self.stats.inc_value("civicband/jobs/paused", len(paused))
-            logger.info("Paused jobs %s; resume with -a resume=true or the same JOBDIR", paused)
-        for job in held:
-            await self.store.release(job.job_id)
-        self.jobs.clear()
-        try:
-            return await self.store.transact(
-                lambda conn: jobs.summaries(conn, sorted(self.touched)), "summarising jobs"
-            )
-        except db.DatabaseError as error:
-            logger.error("Could not read the jobs for the summary: %s", error)
-            return []
+            self.background(engine.close_spider_async(reason="civicband_database_lost"))

@@ -72,8 +72,9 @@ DOWNLOAD_DELAY = 0
 # (memory) while leaving room for a few jobs to write at once.
 SCRAPER_SLOT_MAX_ACTIVE_SIZE = 20_000_000
 
+# The civicband spider adds its own components (its jobs' registry and progress, the cursor
+# gate, the page pipeline): civicband.spiders.civicband.CivicbandSpider.components.
 DOWNLOADER_MIDDLEWARES = {
-    "civicband.gate.CursorGate": 50,
     # Scrapy's RetryMiddleware, extended with backoff and rate-limit waits (civicband/middlewares/).
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "civicband.middlewares.retry.BackoffRetryMiddleware": 550,
@@ -92,14 +93,9 @@ JSONRPC_ENABLED = False
 JSONRPC_HOST = "127.0.0.1"
 JSONRPC_PORT = [6080, 7030]
 
-ITEM_PIPELINES = {"civicband.pipelines.PostgresPipeline": 300}
 EXTENSIONS = {
     "civicband.store.Store": 0,
-    "civicband.registry.Registry": 1,
-    "civicband.source.Source": 2,
-    "civicband.catchup.CatchUp": 3,
-    "civicband.extensions.verify.Verify": 4,
-    "civicband.extensions.progress.Progress": 5,
+    "civicband.source.Source": 1,
     "civicband.extensions.outcome.Outcome": 10,
     "civicband.extensions.statsfile.StatsFile": 20,
     "civicband.extensions.jsonrpc.JsonRpc": 500,

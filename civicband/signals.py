@@ -1,16 +1,8 @@
-"""The crawl's own signals (Scrapy's custom-signal idiom), sent by the Registry unless said."""
+"""The crawl's own signals (Scrapy's custom-signal idiom): notifications, never control."""
 
-# job=ActiveJob: every page of a full pass is stored, or a catch-up fetched what differed;
-# `source_digest` is the digest the catch-up took (None: verification takes its own), `exact`
-# the exact comparison it took when it changed nothing since (None: taken again if asked for).
-job_exhausted = object()
-# job=ActiveJob, status=str: the job left this process (completed, failed, lost, ...).
-job_ended = object()
 # summaries=list[dict]: once, when the crawl ends however it ends, after jobs were paused
 # (empty when the database could not be read; Registry.outcomes then says what is known).
 jobs_closed = object()
-# job=ActiveJob: a catch-up that would cost more than a full pass became one; page it.
-job_restarted = object()
 # request=Request, why=str|None: a request starts ("backing off", "rate limited") or stops
 # waiting in the retry middleware; the registry shows it in its job's progress.
 request_waiting = object()

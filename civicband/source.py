@@ -131,9 +131,9 @@ class Source:
     # ---- SQL through the engine --------------------------------------------------------------
 
     async def _get(self, url: str, **meta: Any) -> Response:
-        engine = self.crawler.engine
-        if engine is None or not self.crawler.crawling:
+        if not self.crawler.crawling:  # stopping, or not started: the engine may be gone
             raise Stopping(url)
+        engine = self.crawler.engine
         try:
             return await engine.download_async(self.request(url, **meta))
         except IgnoreRequest:

@@ -17,7 +17,6 @@ from civicband.extensions.outcome import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
-    exit_status,
 )
 
 # The same signal twice within this many seconds is one request to stop: `uv run` without a
@@ -99,4 +98,5 @@ class Command(ScrapyCrawl):
             # The crawl never closed: a second signal forced an unclean stop, or it broke.
             self.exitcode = EXIT_INTERRUPTED if received else EXIT_FAILED
             return
-        self.exitcode = exit_status(stats)
+        # Outcome decided it (civicband.extensions.outcome), once every job was closed.
+        self.exitcode = stats.get_value("civicband/exit_code", EXIT_FAILED)

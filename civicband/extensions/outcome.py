@@ -17,11 +17,13 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 3
+# Reasons a spider closes with for bad input or a database unreachable before any fetch.
+BAD_INPUT_REASONS = ("civicband_bad_argument", "civicband_database_unavailable")
 
 
 def exit_status(stats: StatsCollector) -> int:
     """0 all completed, 1 a job failed, 2 bad input or no database, 3 interrupted."""
-    if stats.get_value("civicband/exit_code") == EXIT_BAD_INPUT:
+    if stats.get_value("finish_reason") in BAD_INPUT_REASONS:
         return EXIT_BAD_INPUT
     failed = (
         stats.get_value("civicband/jobs/failed", 0)

@@ -15,7 +15,6 @@ from typing import Any, Self
 
 from scrapy import signals
 from scrapy.crawler import Crawler
-from scrapy.exceptions import NotConfigured
 
 from civicband import signals as civicband_signals
 from civicband.registry import ActiveJob, Registry
@@ -87,24 +86,18 @@ class Progress:
     def __init__(self, crawler: Crawler, interval: float) -> None:
         self.crawler = crawler
         self.interval = interval
+        self.registry: Registry | None = None
         self.task: asyncio.Task | None = None
         self.summary: list[str] = []
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        """Only the civicband spider has jobs to report."""
-        if crawler.spidercls.name != "civicband":
-            raise NotConfigured("Progress serves the civicband spider only")
+        """Report the jobs of the registry, found once when the spider opens."""
         extension = cls(crawler, crawler.settings.getfloat("CIVICBAND_PROGRESS_INTERVAL"))
         crawler.signals.connect(extension.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(extension.jobs_closed, signal=civicband_signals.jobs_closed)
         crawler.signals.connect(extension.engine_stopped, signal=signals.engine_stopped)
         return extension
-
-    @property
-    def registry(self) -> Registry | None:
-        """This process's jobs."""
-        return self.crawler.get_extension(Registry)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every running job's progress, as data."""
@@ -117,7 +110,11 @@ class Progress:
         ]
 
     def spider_opened(self) -> None:
-        """Start the periodic lines."""
+        """Find the registry (extensions exist only after from_crawler); start the lines."""
+        registry = self.crawler.get_extension(Registry)
+        if registry is None:
+            raise RuntimeError("Progress needs civicband.registry.Registry in EXTENSIONS")
+        self.registry = registry
         if self.interval > 0:
             self.task = asyncio.ensure_future(self._tick())
 
@@ -133,16 +130,18 @@ class Progress:
             self.task.cancel()
         registry = self.registry
         lines = [summary_line(row) for row in summaries]
-        if registry is not None:
-            shown = {row["id"] for row in summaries}
-            for job_id, (site, kind) in sorted(registry.touched.items()):
-                if job_id not in shown:
-                    outcome = registry.outcomes.get(job_id, "left running (resumable)")
-                    lines.append(f"{site}/{kind} job {job_id}: {outcome}; database unreadable")
-            lines += [
-                f"{site}: not crawled: {error}"
-                for site, error in sorted(registry.site_failures.items())
-            ]
+        if registry is None:
+            self.summary = lines
+            return
+        shown = {row["id"] for row in summaries}
+        for job_id, (site, kind) in sorted(registry.touched.items()):
+            if job_id not in shown:
+                outcome = registry.outcomes.get(job_id, "left running (resumable)")
+                lines.append(f"{site}/{kind} job {job_id}: {outcome}; database unreadable")
+        lines += [
+            f"{site}: not crawled: {error}"
+            for site, error in sorted(registry.site_failures.items())
+        ]
         self.summary = lines
 
     def engine_stopped(self) -> None:

@@ -7,7 +7,6 @@ import logging
 from scrapy import Spider
 from scrapy.exceptions import CloseSpider
 
-from civicband.extensions.outcome import EXIT_BAD_INPUT
 from civicband.store import Store
 
 logger = logging.getLogger(__name__)
@@ -24,7 +23,6 @@ class StoreSpider(Spider):
         return store
 
     def _stop(self, message: str, reason: str) -> CloseSpider:
-        """Bad input or no database before any fetch: one line, exit status 2."""
+        """Bad input or no database before any fetch: one line; the reason makes exit status 2."""
         logger.error(message)
-        self.crawler.stats.set_value("civicband/exit_code", EXIT_BAD_INPUT)
         return CloseSpider(reason)

@@ -1,17 +1,17 @@
-"""The `civicband` spider: claim jobs from the run's queue and page through full passes by `next`.
+"""The `civicband` spider: page through full passes by `next`, turning each answer into a PageItem.
 
-It is the dispatcher: it opens (or joins) the run, claims at most CIVICBAND_MAX_ACTIVE_JOBS
-jobs and more as they end, and starts each the way its mode says: a full pass pages here, a
-catch-up runs in civicband.catchup, verification in civicband.extensions.verify. Everything it
-knows about a job it reads from, and tells, the registry.
+It only pages. The Registry (civicband.registry) opens the run, claims jobs, runs catch-ups and
+verifications, and says which page each job needs next; the spider builds that request, reads
+the answer, and hands the page to the pipeline. Sites the mirror does not know yet are probed
+here first: a probe is a request too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Self
+from functools import cached_property
+from typing import Any, ClassVar, Self
 
 from scrapy import Request, signals
 from scrapy.crawler import Crawler
@@ -22,191 +22,118 @@ from scrapy.settings import BaseSettings
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
-from civicband import datasette, jobs
-from civicband import signals as civicband_signals
+from civicband import datasette
 from civicband.args import (
-    ArgumentError,
     SpiderArguments,
     parse_arguments,
     parse_batch_size,
 )
-from civicband.catchup import CatchUp
-from civicband.config import check_number_settings, check_settings
-from civicband.db import DatabaseError, DatabaseUnavailable, one_line
+from civicband.config import check_settings
+from civicband.db import DatabaseError, one_line
 from civicband.items import PageItem
+from civicband.lifecycle import ActiveJob
 from civicband.middlewares import RETRIES_EXHAUSTED
-from civicband.registry import FETCHING, ActiveJob, Registry
-from civicband.source import REDIRECTS, Source, SourceError, Stopping
+from civicband.registry import Registry
+from civicband.runs import EmptyMunicipalities
+from civicband.source import REDIRECTS, Source
 from civicband.spiders.base import StoreSpider
 
 logger = logging.getLogger(__name__)
-
-# Times one job's next page is asked again when the crawl went idle without it (a lost request).
-MAX_REISSUES = 3
-
-
-def wake_engine(crawler: Crawler) -> None:
-    """Have the engine look again whether the spider is idle.
-
-    Scrapy re-checks only when a request or item moves, or on its 5 s heartbeat; when the last
-    job ends in a database step, nothing moves. Scrapy has no public call for this.
-    """
-    slot = getattr(crawler.engine, "_slot", None)
-    if slot is not None:
-        slot.nextcall.schedule()
 
 
 class CivicbandSpider(StoreSpider):
     """Mirror agendas and minutes of one, several or all civic.band sites."""
 
     name = "civicband"
+    # What only this spider uses: its jobs and their progress, the gate of their pages, and the
+    # page transaction. Added to the project's component dicts (custom_settings would replace
+    # them whole), the way Scrapy's add-ons add components.
+    components: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("EXTENSIONS", "civicband.registry.Registry", 2),
+        ("EXTENSIONS", "civicband.extensions.progress.Progress", 5),
+        ("DOWNLOADER_MIDDLEWARES", "civicband.gate.CursorGate", 50),
+        ("ITEM_PIPELINES", "civicband.pipelines.PostgresPipeline", 300),
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.arguments: SpiderArguments = parse_arguments(kwargs)
         super().__init__(
             *args, **{k: v for k, v in kwargs.items() if k not in self.arguments.names}
         )
-        self.run_id = 0
-        self._refilling = False
-        self._more = True  # the queue may hold work this process could claim
-        self._told_busy: set[int] = set()
+
+    @classmethod
+    def update_settings(cls, settings: BaseSettings) -> None:
+        """The project's settings, plus this spider's own components."""
+        super().update_settings(settings)
+        for name, component, priority in cls.components:
+            # At spider priority, as custom_settings are: the runner merges its own settings
+            # into the crawler's later, and a project-priority dict would be taken for its own.
+            merged = {**settings.getdict(name), component: priority}
+            settings.set(name, merged, priority="spider")
 
     @staticmethod
-    def check_arguments(
-        kwargs: dict[str, Any], settings: BaseSettings
-    ) -> tuple[SpiderArguments, int, int]:
-        """Validate arguments and settings before any request: (arguments, batch, max jobs)."""
+    def check_arguments(kwargs: dict[str, Any], settings: BaseSettings) -> SpiderArguments:
+        """Validate arguments and settings before any request; one line naming what is wrong."""
         arguments = parse_arguments(kwargs)
         check_settings(settings)
-        try:
-            datasette.check_site_url(settings.get("CIVICBAND_SITE_URL"))
-        except ValueError as error:
-            raise ArgumentError(str(error)) from None
-        batch_size = arguments.batch_size
-        if batch_size is None:
-            try:
-                batch_size = parse_batch_size(settings.get("CIVICBAND_BATCH_SIZE"))
-            except ArgumentError as error:
-                raise ArgumentError(f"CIVICBAND_BATCH_SIZE: {error}") from None
-        check_number_settings(settings)
-        max_active = settings.getint("CIVICBAND_MAX_ACTIVE_JOBS")
-        return arguments, batch_size, max_active
+        return arguments
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         """Build the spider from checked arguments and settings."""
         spider = super().from_crawler(crawler, *args, **kwargs)
-        _, spider.batch_size, spider.max_active = cls.check_arguments(kwargs, crawler.settings)
+        cls.check_arguments(kwargs, crawler.settings)
+        spider.batch_size = spider.arguments.batch_size or parse_batch_size(
+            crawler.settings.get("CIVICBAND_BATCH_SIZE")
+        )
         # JOBDIR implies resume: rerunning the same command continues the same jobs.
         spider.resume = spider.arguments.resume or bool(crawler.settings.get("JOBDIR"))
         crawler.signals.connect(spider.spider_idle, signal=signals.spider_idle)
-        crawler.signals.connect(spider.job_ended, signal=civicband_signals.job_ended)
-        crawler.signals.connect(spider.job_restarted, signal=civicband_signals.job_restarted)
         return spider
 
-    @property
-    def registry(self) -> Registry:
-        """This process's jobs."""
-        registry = self.crawler.get_extension(Registry)
-        assert registry is not None, "civicband.registry.Registry must be in EXTENSIONS"
-        return registry
-
-    @property
-    def source(self) -> Source:
-        """How the sites are asked."""
-        source = self.crawler.get_extension(Source)
-        assert source is not None, "civicband.source.Source must be in EXTENSIONS"
-        return source
-
-    # ---- the run and its queue ----------------------------------------------------------------
-
     async def start(self) -> AsyncIterator[Request]:
-        """Open the database, open or join the run, and start the first jobs claimed."""
+        """Open the database and the run, probe sites never seen, page the jobs claimed."""
         try:
             await self.store.open()
-            unknown = await self._open_run()
+            unknown = await self.registry.claims.open(self.arguments, resume=self.resume)
+        except EmptyMunicipalities as error:
+            raise self._stop(str(error), "civicband_bad_argument") from None
         except DatabaseError as error:
             raise self._stop(str(error), "civicband_database_unavailable") from None
         for subdomain in unknown:
-            yield self._probe(subdomain)
-        for request in await self._claim():
+            yield self.source.request(
+                f"{self.source.root(subdomain)}/{datasette.DATABASE}.json",
+                callback=self.parse_probe,
+                errback=self.probe_failed,
+                subdomain=subdomain,
+            )
+        for request in await self.registry.claims.claim():
             yield request
 
-    async def _open_run(self) -> list[str]:
-        """Open or join the run and queue its known sites' work; returns sites never seen."""
-        arguments = self.arguments
-        async with self.store.connection() as conn:
-            if arguments.subdomains == ["all"]:
-                sites = await jobs.all_subdomains(conn)
-                if not sites:
-                    raise self._stop(
-                        "subdomain=all: the municipalities table is empty;"
-                        " run `scrapy crawl civicband-sites` first, or name sites",
-                        "civicband_bad_argument",
-                    )
-                known = set(sites)
-            else:
-                sites = arguments.subdomains
-                known = await jobs.known_subdomains(conn, sites)
-        unknown = [site for site in sites if site not in known]
-        if unknown and arguments.mode in ("verify_only", "repair"):
-            for site in unknown:
-                self.crawler.stats.inc_value("civicband/sites/failed")
-                logger.error("%s is not in municipalities: nothing to verify or repair", site)
-            unknown = []
-        run = jobs.RunArguments(
-            subdomains=tuple(sorted(arguments.subdomains)),
-            document_types=arguments.document_types,
-            mode=arguments.mode,
-            allow_shrink=arguments.allow_shrink,
-            exact=arguments.exact,
-        )
+    @cached_property
+    def registry(self) -> Registry:
+        """This process's jobs (extensions are built after the spider: looked up once, here)."""
+        return self._component(Registry)
 
-        async def work(conn: Any) -> tuple[int, bool, jobs.Queued]:
-            run_id, joined = await jobs.open_run(conn, run, self.store.join_run)
-            queued = await self._enqueue(conn, run_id, [s for s in sites if s in known])
-            self.source.recall(await jobs.source_facts(conn, sorted(known)))
-            return run_id, joined, queued
+    @cached_property
+    def source(self) -> Source:
+        """How the sites are asked."""
+        return self._component(Source)
 
-        self.run_id, joined, queued = await self.store.transact(work, "opening the run")
-        self._log_queued(joined, queued)
-        return unknown
+    def _component(self, kind: type) -> Any:
+        component = self.crawler.get_extension(kind)
+        assert component is not None, f"{kind.__module__}.{kind.__name__} must be in EXTENSIONS"
+        return component
 
-    async def _enqueue(self, conn: Any, run_id: int, sites: list[str]) -> jobs.Queued:
-        wanted = [(site, kind) for site in sites for kind in self.arguments.document_types]
-        return await jobs.enqueue(
-            conn, run_id, wanted, mode=self.arguments.mode, resume=self.resume
-        )
+    def spider_idle(self) -> None:
+        """Stay open while jobs run or the queue may hold more (the registry decides)."""
+        if self.registry.claims.keep_open():
+            raise DontCloseSpider
 
-    def _log_queued(self, joined: bool, queued: jobs.Queued) -> None:
-        how = "joined the live run" if joined else "started run"
-        logger.info(
-            "Run %s: %s; queued %d new jobs, continued %d, replaced %d abandoned",
-            self.run_id,
-            how,
-            queued.added,
-            queued.reopened,
-            queued.abandoned,
-        )
-        if queued.taken_over:
-            self.crawler.stats.inc_value("civicband/jobs/taken_over", queued.taken_over)
-        for site, kind, job_id in queued.skipped:
-            self.crawler.stats.inc_value("civicband/jobs/skipped")
-            logger.info(
-                "Job %s %s/%s is queued or running in another process: skipped", job_id, site, kind
-            )
-
-    def _probe(self, subdomain: str) -> Request:
-        """A named site the mirror does not know: it joins once its database answers with JSON."""
-        return self.source.request(
-            f"{self.source.root(subdomain)}/{datasette.DATABASE}.json",
-            callback=self.parse_probe,
-            errback=self.probe_failed,
-            subdomain=subdomain,
-        )
+    # ---- sites never seen ---------------------------------------------------------------------
 
     async def parse_probe(self, response: Response) -> AsyncIterator[Request]:
-        """JSON: add the site and queue its work; a redirect: an unknown site."""
+        """JSON: the site joins the run; a redirect: an unknown site."""
         subdomain = response.meta["subdomain"]
         if response.status in REDIRECTS:
             location = (response.headers.get("Location") or b"?").decode("latin-1")
@@ -221,26 +148,7 @@ class CivicbandSpider(StoreSpider):
             else:
                 self._site_failed(subdomain, f"{error} at {response.url}")
             return
-
-        async def work(conn: Any) -> tuple[bool, jobs.Queued]:
-            await jobs.lock_queue(conn)
-            added = await jobs.add_municipality(conn, subdomain)
-            return added, await self._enqueue(conn, self.run_id, [subdomain])
-
-        try:
-            added, queued = await self.store.transact(work, f"adding {subdomain}")
-        except DatabaseError as error:
-            self.crawler.stats.inc_value("civicband/db/errors")
-            message = f"could not add it to municipalities: {error}"
-            self.registry.site_failures[subdomain] = message
-            logger.error("%s: %s", subdomain, message)
-            return
-        if added:
-            self.crawler.stats.inc_value("civicband/sites/added")
-            logger.info("%s answers with JSON: added to municipalities", subdomain)
-        self._log_queued(True, queued)
-        self._more = True
-        for request in await self._claim():
+        for request in await self.registry.claims.add_site(subdomain):
             yield request
 
     def probe_failed(self, failure: Failure) -> None:
@@ -255,184 +163,6 @@ class CivicbandSpider(StoreSpider):
         self.registry.site_failures[subdomain] = error
         for kind in self.arguments.document_types:
             logger.error("%s/%s: %s", subdomain, kind, error)
-
-    # ---- claiming and starting jobs -----------------------------------------------------------
-
-    async def _claim(self) -> list[Request]:
-        """Claim what this process may still run, start each job, return their first requests."""
-        registry = self.registry
-        limit = self.max_active - len(registry.jobs)
-        if limit <= 0 or not self.crawler.crawling or registry.database_down:
-            return []
-        store = self.store
-        # Leases of the attempt in flight. A retry (its COMMIT answer lost, say) first gives
-        # them back: whether that claim committed is unknown, and a lease this session still
-        # held would hide the jobs it took from the claim that retries it.
-        taken: list[int] = []
-        retried: set[int] = set()  # every attempt's: any of them may be the one that committed
-
-        async def release_taken() -> None:
-            for job_id in taken:
-                await store.release(job_id)
-            taken.clear()
-
-        async def work(conn: Any) -> list[jobs.Claim]:
-            retried.update(taken)
-            await release_taken()
-
-            async def lease(job_id: int) -> bool:
-                if await store.try_lease(job_id):
-                    taken.append(job_id)
-                    return True
-                return False
-
-            claims = await jobs.claim(conn, self.run_id, limit, lease, retried=retried)
-            if not claims:
-                busy = await jobs.busy_elsewhere(conn, self.run_id, registry.jobs)
-                self._tell_busy(busy)
-            return claims
-
-        try:
-            claims = await store.transact(work, "claiming jobs")
-        except DatabaseUnavailable as error:
-            await release_taken()
-            await registry.database_lost(error)
-            return []
-        except DatabaseError as error:
-            await release_taken()
-            self.crawler.stats.inc_value("civicband/db/errors")
-            logger.error("Could not claim jobs: %s", error)
-            return []
-        except BaseException:  # cancelled, or a bug: no lease may outlive the claim that took it
-            await release_taken()
-            raise
-        if not claims:
-            self._more = False
-        requests: list[Request] = []
-        for claim in claims:
-            requests.extend(self._start_job(claim))
-        return requests
-
-    def _tell_busy(self, busy: list[tuple[int, str, str]]) -> None:
-        for job_id, site, kind in busy:
-            if job_id not in self._told_busy:
-                self._told_busy.add(job_id)
-                self.crawler.stats.inc_value("civicband/jobs/skipped")
-                logger.info(
-                    "Job %s %s/%s is running in another process: skipped", job_id, site, kind
-                )
-
-    def _start_job(self, claim: jobs.Claim) -> list[Request]:
-        arguments = self.arguments
-        job = self.registry.add(
-            claim,
-            self.run_id,
-            allow_shrink=arguments.allow_shrink,
-            repair=arguments.repair,
-            exact=arguments.exact,
-        )
-        stats = self.crawler.stats
-        stats.inc_value("civicband/jobs/started")
-        if claim.took_over:
-            stats.inc_value("civicband/jobs/taken_over")
-        if claim.cursor is not None or claim.exhausted or claim.pages_fetched:
-            stats.inc_value("civicband/jobs/resumed")
-            logger.info(
-                "%s (%s) %s from cursor %r",
-                job,
-                claim.mode,
-                "taken over" if claim.took_over else "resumed",
-                claim.cursor,
-            )
-        else:
-            logger.info("%s started (%s)", job, claim.mode)
-        if claim.exhausted or claim.mode == jobs.VERIFY:
-            self.registry.exhausted(job)  # only verification is left
-            return []
-        if claim.mode == jobs.CATCHUP:
-            catchup = self.crawler.get_extension(CatchUp)
-            assert catchup is not None, "civicband.catchup.CatchUp must be in EXTENSIONS"
-            catchup.start(job)
-            return []
-        return self._paging(job)
-
-    def _paging(self, job: ActiveJob) -> list[Request]:
-        """A full pass starts (or goes on): its source count for progress, and its next page."""
-        job.state = FETCHING
-        self.registry.spawn(job, self._take_count(job), "counting the source's rows")
-        return [self.page_request(job)]
-
-    async def _take_count(self, job: ActiveJob) -> None:
-        try:
-            job.rows_expected = await self.source.count(job.subdomain, job.document_type)
-        except (SourceError, Stopping) as error:
-            logger.debug("%s: no source count for progress: %s", job, error)
-
-    def job_restarted(self, job: ActiveJob) -> None:
-        """A catch-up became a full pass: page it from the start."""
-        for request in self._paging(job):
-            self.crawler.engine.crawl(request)
-
-    def job_ended(self, job: ActiveJob, status: str) -> None:
-        """A job left this process: keep what its site showed of itself, and claim more work."""
-        self._more = True
-        self._refill()
-        learned = self.source.learned()
-        if learned and not self.registry.database_down:
-            asyncio.ensure_future(self._remember(learned))
-
-    async def _remember(self, learned: list[tuple[str, str]]) -> None:
-        async def work(conn: Any) -> None:
-            for fact in learned:
-                await jobs.remember_source(conn, *fact)
-
-        try:
-            await self.store.transact(work, "remembering what sites showed")
-        except DatabaseError as error:
-            logger.warning("Could not keep what the sites showed of themselves: %s", error)
-
-    def _refill(self) -> None:
-        if self._refilling or not self.crawler.crawling:
-            return
-        self._refilling = True
-
-        async def refill() -> None:
-            try:
-                for request in await self._claim():
-                    self.crawler.engine.crawl(request)
-            finally:
-                self._refilling = False
-                wake_engine(self.crawler)
-
-        asyncio.ensure_future(refill())
-
-    def spider_idle(self) -> None:
-        """Stay open while jobs run or the queue may hold more; ask again for a lost page."""
-        registry = self.registry
-        if self._refilling:
-            raise DontCloseSpider
-        if registry.jobs:
-            for job in list(registry.jobs.values()):
-                self._reissue_if_stalled(job)
-            raise DontCloseSpider
-        if self._more and self.crawler.crawling and not registry.database_down:
-            self._refill()
-            raise DontCloseSpider
-
-    def _reissue_if_stalled(self, job: ActiveJob) -> None:
-        """Idle means nothing is queued, downloading or being stored: a paging job is stuck."""
-        if job.stopped or job.mode != jobs.FULL or job.state != FETCHING or job.inflight:
-            return
-        if self.registry.busy(job) or job.write_lock.locked():
-            return
-        if job.reissued >= MAX_REISSUES:
-            error = "stalled: the request for its next page was lost"
-            asyncio.ensure_future(self.registry.fail(job, error))
-            return
-        job.reissued += 1
-        self.crawler.stats.inc_value("civicband/requests/reissued")
-        logger.warning("%s: no request for its next page was in flight; asking again", job)
-        self.crawler.engine.crawl(self.page_request(job))
 
     # ---- paging -------------------------------------------------------------------------------
 
@@ -454,9 +184,8 @@ class CivicbandSpider(StoreSpider):
         """Turn one answer into a PageItem and the request for the page after it."""
         meta = response.meta
         job = self.registry.get(meta["job_id"], meta.get("token"))
-        if job is None or meta["cursor"] != job.cursor:
+        if job is None or not job.answered(meta["cursor"]):
             return  # stopped, lost, or claimed anew since: its pages are not ours to store
-        job.inflight = False
         for output in self._read_page(job, response):
             yield output
 
@@ -482,17 +211,16 @@ class CivicbandSpider(StoreSpider):
         except datasette.SourceError as error:
             retry = get_retry_request(response.request, spider=self, reason="civicband_bad_answer")
             if error.retryable and retry is not None:
-                job.inflight = True
+                job.refetching()
                 yield retry
                 return
             self._fail(job, f"{error} at {response.url}", retries_exhausted=True)
             return
-        problem = self._not_advancing(job, meta["cursor"], page)
+        problem = job.parsed(meta["cursor"], page.next, page.rows)
         if problem:
             self._fail(job, f"the source misbehaves: {problem} at {response.url}")
             return
         self.source.learn(job.subdomain, response.body)
-        job.cursor = page.next
         if page.next is not None:
             yield self.page_request(job)
         yield PageItem(
@@ -507,25 +235,6 @@ class CivicbandSpider(StoreSpider):
             unicode_checked=page.unicode_checked,
         )
 
-    @staticmethod
-    def _not_advancing(job: ActiveJob, cursor: str | None, page: datasette.TablePage) -> str:
-        """Why this page does not move the job forward (`next` repeats, ids go back), or ''."""
-        if page.next is not None and page.next == cursor:
-            return f"`next` does not advance ({page.next!r} again)"
-        if page.next is not None and not page.rows:
-            # Datasette's `next` is the last row's key: a page without rows has none to give.
-            return f"a page without rows says more follow (`next` {page.next!r})"
-        ids = [r["id"] for r in page.rows if isinstance(r, dict) and isinstance(r.get("id"), str)]
-        if page.next is not None and not ids and cursor is not None:
-            # NULL ids sort first, so only a first page may hold nothing else: past it, a page
-            # with no id to advance by, and a `next`, would never end.
-            return f"a page without ids says more follow (`next` {page.next!r})"
-        if ids and job.last_id is not None and min(ids) <= job.last_id:
-            return f"ids do not increase ({min(ids)!r} after {job.last_id!r})"
-        if ids:
-            job.last_id = max(ids)
-        return ""
-
     def _fail(self, job: ActiveJob, error: str, *, retries_exhausted: bool = False) -> None:
         self.registry.spawn(
             job,
@@ -539,12 +248,10 @@ class CivicbandSpider(StoreSpider):
             return  # dropped by the gate, or the crawl is stopping: never a job's failure
         request = failure.request  # type: ignore[attr-defined]
         job = self.registry.get(request.meta["job_id"], request.meta.get("token"))
-        if job is None or request.meta["cursor"] != job.cursor:
+        if job is None or not job.answered(request.meta["cursor"]):
             return
-        job.inflight = False
         if not self.crawler.crawling:
             return  # stopping: the job is paused, not failed
-
         exhausted = True
         if failure.check(HttpError):
             status = failure.value.response.status

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from scrapy.signalmanager import SignalManager
 
-from civicband import db, jobs, mirror
+from civicband import db, digest, jobs, mirror
 from civicband import signals as civicband_signals
 from civicband.rows import DUPLICATE_ID, INVALID_ID, MAX_ID_LENGTH, clean_page
 from civicband.store import Store
@@ -360,11 +360,19 @@ def test_a_run_is_joined_while_one_of_its_processes_lives(database_url, tmp_path
 
 
 def test_a_sweep_removes_what_the_pass_did_not_see_and_its_stale_rejections(database_url, tmp_path):
+    # An earlier pass's page and rejection in the bucket of the page this pass sees (a1), a page
+    # in a bucket the source has nothing in (00), and a rejection of the `~` bucket, which a
+    # pass never proves gone (no id sums there).
     old_rows = clean_page(
-        [{**ROW, "id": "000000000001"}, {**ROW, "id": "000000000002", "date": "bad"}]
+        [
+            {**ROW, "id": "000000000001"},
+            {**ROW, "id": "a1ffffffffff"},
+            {**ROW, "id": "a10000000001", "date": "bad"},
+            {**ROW, "id": "x", "date": "bad"},
+        ]
     )
-    every_bucket = [f"{n:02x}" for n in range(256)]
     seen_rows = clean_page([ROW])
+    source = {"a1": digest.Bucket(1, *digest.id_halves(ROW["id"]))}
 
     async def store_for(store: Store, lease: jobs.Lease, page: Any, remember: bool) -> None:
         await store.transact(
@@ -393,21 +401,23 @@ def test_a_sweep_removes_what_the_pass_did_not_see_and_its_stale_rejections(data
 
             async def sweep(conn: Any) -> tuple[tuple[int, int], tuple[int, int]]:
                 site, kind = lease.subdomain, lease.document_type
-                job_id = lease.job_id
-                before = await mirror.sweep_preview(conn, site, kind, job_id, every_bucket)
-                return before, await mirror.sweep(conn, site, kind, job_id, every_bucket)
+                seen = await mirror.seen_digest(conn, site, kind, lease.job_id)
+                whole = digest.seen_whole(source, seen)
+                assert "a1" in whole and "00" in whole
+                before = await mirror.sweep_preview(conn, site, kind, lease.job_id, whole)
+                return before, await mirror.sweep(conn, site, kind, lease.job_id, whole)
 
             return await store.transact(sweep, "sweeping")
         finally:
             await store.close()
 
     before, removed = run(scenario())
-    assert before == (2, 1)  # two pages here, one of them not seen by this pass
-    assert removed == (1, 1)  # the unseen page, and the rejection this pass did not meet
+    assert before == (3, 2)  # three pages here; a sweep removes the two this pass did not see
+    assert removed == (2, 1)  # and the hex rejection it did not meet again
     with psycopg.connect(database_url) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM meeting_pages")]
-        rejected = conn.execute("SELECT count(*) FROM rejected_rows").fetchone()[0]
-    assert (ids, rejected) == ([ROW["id"]], 0)
+        rejected = [r[0] for r in conn.execute("SELECT row_id FROM rejected_rows")]
+    assert (ids, rejected) == ([ROW["id"]], ["x"])
 
 
 def store_pages(url: str, tmp_path: Path, site: str, pages: list[Any]) -> list[mirror.Stored]:

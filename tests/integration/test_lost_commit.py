@@ -15,8 +15,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from civicband import digest
-from civicband.extensions.verify import Verify
-from civicband.pipelines import PageWriter
 from civicband.registry import Registry
 from civicband.rows import clean_page
 from civicband.store import Store
@@ -48,7 +46,7 @@ def test_catch_up_rows_whose_commit_answer_is_lost_count_once(database_url, tmp_
         rows = [row(f"00000000000{i}", i) for i in range(1, 4)]
         proxy.armed = True
         try:
-            await PageWriter(crawler).rows(job, rows, clean_page(rows))
+            await crawler.get_extension(Registry).writer.rows(job, rows, clean_page(rows))
         finally:
             await crawler.get_extension(Store).close()
         return job.job_id
@@ -68,12 +66,12 @@ def test_a_sweep_whose_commit_answer_is_lost_deletes_nothing_more(database_url, 
     async def scenario() -> tuple[int, Any]:
         job = await held_job(crawler)
         rows = [row(f"00000000000{i}", i) for i in range(1, 6)]
-        await PageWriter(crawler).page(job, page(job, None, None, rows), clean_page(rows))
+        registry = crawler.get_extension(Registry)
+        await registry.writer.page(job, page(job, None, None, rows), clean_page(rows))
         proxy.armed = True
         try:
-            verdict = await Verify(crawler)._sweep(
-                job, crawler.get_extension(Registry), {"00": digest.Bucket(n=5)}
-            )
+            # The source holds the 5 ids the pass saw (their count and id sums).
+            verdict = await registry.verify._sweep(job, {"00": digest.Bucket(n=5, hi=0, lo=15)})
         finally:
             await crawler.get_extension(Store).close()
         return job.job_id, verdict

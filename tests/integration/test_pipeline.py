@@ -20,8 +20,9 @@ from scrapy.utils.test import get_crawler
 from civicband import jobs
 from civicband import settings as project
 from civicband.items import PageItem
+from civicband.lifecycle import VERIFYING, ActiveJob
 from civicband.pipelines import PostgresPipeline
-from civicband.registry import VERIFYING, ActiveJob, Registry
+from civicband.registry import Registry
 from civicband.spiders.civicband import CivicbandSpider
 from civicband.store import Store
 
@@ -46,7 +47,7 @@ def crawler_for(database_url: str, home: Path) -> Any:
     values = {name: getattr(project, name) for name in dir(project) if name.isupper()}
     values.update(
         {
-            "EXTENSIONS": {"civicband.store.Store": 0, "civicband.registry.Registry": 1},
+            "EXTENSIONS": {"civicband.store.Store": 0, "civicband.source.Source": 1},
             "CIVICBAND_DATABASE_URL": database_url,
             "CIVICBAND_HOME": str(home),
         }
@@ -68,7 +69,10 @@ async def held_job(crawler: Any) -> ActiveJob:
 
     run_id, (claim,) = await store.transact(work, "queueing")
     registry = crawler.get_extension(Registry)
-    return registry.add(claim, run_id, allow_shrink=False, repair=False)
+    registry.spider_opened()  # wired as when the spider opens
+    job = registry.add(claim, run_id, allow_shrink=False, repair=False)
+    job.move(job.first_step())  # paging, as the registry starts a full pass
+    return job
 
 
 def page(job: ActiveJob, cursor_in: str | None, cursor_out: str | None, rows: list) -> PageItem:

@@ -47,6 +47,8 @@ def test_lists_types_and_booleans():
         ({"subdomain": "a.ca", "batch_size": "ten"}, "batch_size"),
         ({"subdomain": "a.ca", "resume": "maybe"}, "resume"),
         ({"subdomain": "a.ca", "verify_only": "2"}, "verify_only"),
+        ({"subdomain": "a.ca", "verfy_only": "true"}, "verfy_only"),  # a typo writes nothing
+        ({"subdomain": "a.ca", "Full": "true"}, "Full"),
     ],
 )
 def test_bad_arguments_name_themselves_in_one_line(kwargs, named):
@@ -55,6 +57,12 @@ def test_bad_arguments_name_themselves_in_one_line(kwargs, named):
     message = str(raised.value)
     assert message.startswith(f"{named}:")
     assert "\n" not in message
+
+
+def test_arguments_deployment_tools_add_are_accepted():
+    # scrapyd adds _job (and _version when asked) to every schedule.json call.
+    args = parse_arguments({"subdomain": "a.ca", "_job": "6487ec79", "_version": "r1"})
+    assert args.subdomains == ["a.ca"]
 
 
 @pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity"])

@@ -148,7 +148,8 @@ def catch_up(arguments, **settings):
     values = {k: getattr(project, k) for k in dir(project) if k.isupper()}
     crawler = get_crawler(CivicbandSpider, {**values, **settings})
     crawler.spider = CivicbandSpider.from_crawler(crawler, subdomain="site", **arguments)
-    return CatchUp(crawler), Source(crawler)
+    source = Source(crawler)
+    return CatchUp(crawler, registry=None, source=source), source
 
 
 @pytest.mark.parametrize(
@@ -168,7 +169,7 @@ def test_a_full_pass_is_chosen_only_when_it_takes_fewer_requests(
     catchup, source = catch_up(arguments, CIVICBAND_SERVICE_SECRET=secret)
     if limit:
         source.page_limits["site"] = limit
-    assert catchup._cheaper_to_page(source, "site", fetch, 10_000) is cheaper
+    assert catchup._cheaper_to_page("site", fetch, 10_000) is cheaper
 
 
 def id_bucket(*ids: str) -> Bucket:

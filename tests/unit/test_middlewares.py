@@ -38,10 +38,9 @@ RATE_LIMITED = (
 
 
 def crawler_for(spidercls: Any = None, **overrides: Any) -> Any:
-    """A crawler with the project's settings (no database extension or pipeline) plus overrides."""
+    """A crawler with the project's settings (no database extension) plus overrides."""
     values = {name: getattr(project, name) for name in dir(project) if name.isupper()}
-    for name in ("EXTENSIONS", "ITEM_PIPELINES"):
-        values.pop(name)
+    values.pop("EXTENSIONS")
     values.update({"CIVICBAND_SERVICE_SECRET": "", **overrides})
     return get_crawler(spidercls, values)
 

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from scrapy import Request, Spider
 from scrapy.exceptions import IgnoreRequest, NotConfigured
-from scrapy.settings import Settings
 from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.conf import build_component_list
 from scrapy.utils.test import get_crawler
@@ -15,8 +14,9 @@ from scrapy.utils.test import get_crawler
 from civicband import jobs
 from civicband import settings as project
 from civicband.gate import CursorGate
+from civicband.lifecycle import ENDED, VERIFYING, ActiveJob
 from civicband.middlewares import RATE_LIMIT_WAITS
-from civicband.registry import CATCHING_UP, VERIFYING, ActiveJob, Registry
+from civicband.registry import Registry
 from civicband.spiders.civicband import CivicbandSpider
 
 URL = "https://oakland.ca.civic.band/meetings/agendas.json?_sort=id&_size=1000&_nocount=1"
@@ -24,12 +24,12 @@ DROPPED = "civicband/requests/dropped"
 
 
 def crawler_for(spidercls: Any = CivicbandSpider, **overrides: Any) -> Any:
-    """A crawler with the project's settings: of its extensions only the Registry, no pipeline."""
+    """A crawler with the project's settings: the Store (unopened) and the Source, and what the
+    spider adds itself (the Registry, the gate, the pipeline)."""
     values = {name: getattr(project, name) for name in dir(project) if name.isupper()}
-    values.pop("ITEM_PIPELINES")
     values.update(
         {
-            "EXTENSIONS": {"civicband.registry.Registry": 1},
+            "EXTENSIONS": {"civicband.store.Store": 0, "civicband.source.Source": 1},
             "CIVICBAND_SERVICE_SECRET": "",
             **overrides,
         }
@@ -64,7 +64,9 @@ def hold(
 ) -> ActiveJob:
     lease = jobs.Lease(job_id, token, "oakland.ca", "agenda")
     claim = jobs.Claim(lease, mode, cursor, exhausted=False, pages_fetched=0, took_over=False)
-    return registry.add(claim, run_id=1, allow_shrink=False, repair=False)
+    job = registry.add(claim, run_id=1, allow_shrink=False, repair=False)
+    job.move(job.first_step())  # as the registry starts a job it claims
+    return job
 
 
 def page(job_id: int = 7, cursor: str | None = "00d5ee9e5f1a,00d5ee9e5f1a", **meta: Any) -> Request:
@@ -96,7 +98,7 @@ def test_a_job_not_held_here_is_refused(registry):
 
 def test_a_stopped_job_is_refused(registry):
     job = hold(registry)
-    job.stopped = True
+    job.move(ENDED)
     assert registry.admit(page()) == "not running here"
     assert not job.inflight
 
@@ -110,12 +112,12 @@ def test_a_page_that_is_not_the_next_cursor_is_refused(registry):
 
 @pytest.mark.parametrize(
     ("mode", "state"),
-    [(jobs.CATCHUP, None), (jobs.VERIFY, None), (jobs.FULL, CATCHING_UP), (jobs.FULL, VERIFYING)],
+    [(jobs.CATCHUP, None), (jobs.VERIFY, None), (jobs.FULL, VERIFYING)],
 )
 def test_a_job_that_is_not_paging_is_refused(registry, mode, state):
     job = hold(registry, mode=mode)
     if state is not None:
-        job.state = state
+        assert job.move(state)
     assert registry.admit(page()) == "not paging"
     assert not job.inflight
 
@@ -197,26 +199,43 @@ def test_a_request_without_a_cursor_passes_the_gate(crawler, registry, gate):
     assert crawler.stats.get_value(DROPPED) is None
 
 
-def test_the_gate_runs_before_the_retries_in_the_projects_downloader_middlewares():
+def test_the_gate_runs_before_the_retries_in_the_spiders_downloader_middlewares():
     """A request the gate drops must never wait out a backoff or a rate-limit pause first."""
-    settings = Settings({"DOWNLOADER_MIDDLEWARES": project.DOWNLOADER_MIDDLEWARES})
-    order = build_component_list(settings.getwithbase("DOWNLOADER_MIDDLEWARES"))
+    order = build_component_list(crawler_for().settings.getwithbase("DOWNLOADER_MIDDLEWARES"))
     assert order.index("civicband.gate.CursorGate") < order.index(
         "civicband.middlewares.retry.BackoffRetryMiddleware"
     )
 
 
-def test_the_gate_serves_only_the_civicband_spider():
+def test_the_civicband_spider_adds_its_own_components_and_no_other_spider_gets_them():
     class Other(Spider):
         name = "other"
 
-    with pytest.raises(NotConfigured, match="civicband spider only"):
-        CursorGate.from_crawler(crawler_for(Other))
+    ours, other = crawler_for().settings, crawler_for(Other).settings
+    for name, component in (
+        ("EXTENSIONS", "civicband.registry.Registry"),
+        ("EXTENSIONS", "civicband.extensions.progress.Progress"),
+        ("DOWNLOADER_MIDDLEWARES", "civicband.gate.CursorGate"),
+        ("ITEM_PIPELINES", "civicband.pipelines.PostgresPipeline"),
+    ):
+        assert component in {_path(c) for c in ours.getdict(name)}, (name, component)
+        assert component not in {_path(c) for c in other.getdict(name)}, (name, component)
+    # The project's own components stay beside them.
+    assert "civicband.store.Store" in {_path(c) for c in ours.getdict("EXTENSIONS")}
+
+
+def _path(component: Any) -> str:
+    return (
+        component if isinstance(component, str) else f"{component.__module__}.{component.__name__}"
+    )
 
 
 def test_the_gate_needs_the_registry():
+    class Other(Spider):
+        name = "other"
+
     with pytest.raises(NotConfigured, match="needs civicband.registry.Registry"):
-        CursorGate.from_crawler(crawler_for(EXTENSIONS={}))
+        CursorGate.from_crawler(crawler_for(Other))
 
 
 def test_http_error_is_an_ignore_request():

@@ -10,128 +10,71 @@ civicband/jobs.py records the verdict and which check judged it, fenced by the j
 from __future__ import annotations
 
 import logging
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 from scrapy.crawler import Crawler
-from scrapy.exceptions import DropItem, NotConfigured
 
 from civicband import db, digest, exact, jobs, mirror
-from civicband import signals as civicband_signals
 from civicband.catchup import other_difference, shrink_refusal, shrinks, warn_large_removal
 from civicband.datasette import SourceError
 from civicband.digest import OTHER, Difference
-from civicband.pipelines import guarded_write
-from civicband.registry import ActiveJob, Registry
-from civicband.source import Source, Stopping
-from civicband.store import Store
+from civicband.lifecycle import ActiveJob, Exhausted
+from civicband.source import Source
 from civicband.verify import Verdict, decide, with_exact
+
+if TYPE_CHECKING:
+    from civicband.registry import Registry
 
 logger = logging.getLogger(__name__)
 LEVELS = {"passed": logging.INFO, "unknown": logging.WARNING, "warned": logging.WARNING}
 
 
 class Verify:
-    """Verify each job whose pages are exhausted, and finish it by the verdict."""
+    """Verify a job whose pages are exhausted: a step the Registry runs, returning its status."""
 
-    def __init__(self, crawler: Crawler) -> None:
+    def __init__(self, crawler: Crawler, registry: Registry, source: Source) -> None:
         settings = crawler.settings
-        self.crawler = crawler
         self.stats = crawler.stats
+        self.registry = registry
+        self.source = source
         self.max_rows = settings.getint("CIVICBAND_VERIFY_MAX_MISSING_ROWS")
         self.max_ratio = settings.getfloat("CIVICBAND_VERIFY_MAX_MISSING_RATIO")
         self.guard = settings.getfloat("CIVICBAND_SHRINK_GUARD")
         self.warn_ratio = settings.getfloat("CIVICBAND_REMOVAL_WARN_RATIO")
 
-    @classmethod
-    def from_crawler(cls, crawler: Crawler) -> Self:
-        """Listen for jobs that have nothing more to fetch."""
-        if crawler.spidercls.name != "civicband":
-            raise NotConfigured("Verify serves the civicband spider only")
-        extension = cls(crawler)
-        crawler.signals.connect(extension.job_exhausted, signal=civicband_signals.job_exhausted)
-        return extension
+    async def run(self, job: ActiveJob, taken: Exhausted) -> str:
+        """Verify one job and record the verdict (fenced); the job's status to end with."""
+        verdict = await self._verify(job, taken.digest, taken.exact)
 
-    def _component(self, kind: type) -> Any:
-        component = self.crawler.get_extension(kind)
-        assert component is not None, f"{kind.__module__}.{kind.__name__} must be in EXTENSIONS"
-        return component
+        async def record(conn: Any) -> None:
+            # The verdict ends the job: what its pass saw is needed no more (a sweep is done).
+            await jobs.record_verdict(conn, job.lease, verdict)
+            await mirror.forget_seen(conn, job.job_id)
 
-    def job_exhausted(
-        self,
-        job: ActiveJob,
-        source_digest: digest.Digest | None,
-        exact: exact.Exact | None = None,
-    ) -> None:
-        """Verify as a step of the job."""
-        registry: Registry = self._component(Registry)
-        registry.spawn(job, self.run(job, source_digest, exact), "verification")
-
-    async def run(
-        self,
-        job: ActiveJob,
-        source_digest: digest.Digest | None,
-        taken: exact.Exact | None = None,
-    ) -> None:
-        """Verify one job and record the verdict; the job ends here whatever happens."""
-        registry: Registry = self._component(Registry)
-        try:
-            verdict = await self._verify(job, registry, source_digest, taken)
-        except (Stopping, DropItem):
-            return
-        if verdict is None:
-            return
-        try:
-            await guarded_write(
-                registry,
-                job,
-                "recording the verification",
-                self._store.transact(
-                    lambda conn: self._record(conn, job, verdict),
-                    f"recording the verification of {job.lease}",
-                ),
-            )
-        except DropItem:
-            return
+        await self.registry.run_step(job, "recording the verification", record)
         self._report(job, verdict)
         await self._cross_check(job.subdomain)
-        await registry.end(job, verdict.job_status)
-
-    @staticmethod
-    async def _record(conn: Any, job: ActiveJob, verdict: Verdict) -> None:
-        """The verdict ends the job: what its pass saw is needed no more (a sweep is done)."""
-        await jobs.record_verdict(conn, job.lease, verdict)
-        await mirror.forget_seen(conn, job.job_id)
-
-    @property
-    def _store(self) -> Store:
-        return self._component(Store)
+        return verdict.job_status
 
     async def _verify(
         self,
         job: ActiveJob,
-        registry: Registry,
         source_digest: digest.Digest | None,
         taken: exact.Exact | None,
-    ) -> Verdict | None:
-        source: Source = self._component(Source)
+    ) -> Verdict:
+        registry, source = self.registry, self.source
         site, kind = job.subdomain, job.document_type
-        store = self._store
         note = ""
         if source_digest is None:
-            pages, rejected = await guarded_write(
-                registry,
-                job,
-                "reading the mirror",
-                store.transact(
-                    lambda conn: mirror.local_counts(conn, site, kind), f"counting {site}"
-                ),
+            pages, rejected = await registry.run_step(
+                job, "reading the mirror", lambda conn: mirror.local_counts(conn, site, kind)
             )
             try:
                 source_digest = await source.digest(site, kind, size_hint=pages + rejected)
             except SourceError as error:
                 note = str(error)
         if job.mode == jobs.FULL:
-            refusal = await self._sweep(job, registry, source_digest)
+            refusal = await self._sweep(job, source_digest)
             if refusal is not None:
                 return refusal
             if source_digest is None:
@@ -143,24 +86,20 @@ class Verify:
                 await mirror.local_counts(conn, site, kind),
             )
 
-        local, (actual, rejected) = await guarded_write(
-            registry, job, "reading the mirror", store.transact(local_state, f"reading {site}")
-        )
+        local, (actual, rejected) = await registry.run_step(job, "reading the mirror", local_state)
         expected = None if source_digest is None else digest.count(source_digest)
         differ = [] if source_digest is None else digest.differing(source_digest, local)
         difference = None
         if differ:
             try:
-                difference = await self._list(job, registry, differ)
+                difference = await self._list(job, differ)
             except SourceError as error:
                 note = f"the differing ids could not be listed: {error}"
         equal = source_digest is not None and not differ
         method, exact_error = "digest", ""
         if job.exact and source_digest is not None:
             try:
-                found = (
-                    taken if taken is not None else await exact.check(job, registry, store, source)
-                )
+                found = taken if taken is not None else await exact.check(job, registry, source)
             except SourceError as error:
                 exact_error = f"the exact comparison could not be taken: {error}"
                 note = "; ".join(part for part in (note, exact_error) if part)
@@ -185,9 +124,7 @@ class Verify:
             return Verdict("unknown", expected, actual, rejected, None, None, None, message)
         return verdict
 
-    async def _sweep(
-        self, job: ActiveJob, registry: Registry, source_digest: digest.Digest | None
-    ) -> Verdict | None:
+    async def _sweep(self, job: ActiveJob, source_digest: digest.Digest | None) -> Verdict | None:
         """A complete pass removes what it did not see, only where it saw a bucket whole.
 
         A bucket whose ids the pass saw exactly as the source's digest counts and sums them
@@ -196,7 +133,7 @@ class Verify:
         """
         if source_digest is None:
             return None  # no digest to weigh the sweep against: keep everything
-        store, site, kind = self._store, job.subdomain, job.document_type
+        site, kind = job.subdomain, job.document_type
         source_count = digest.count(source_digest)
 
         async def work(conn: Any) -> tuple[str, int, int, int]:
@@ -217,8 +154,8 @@ class Verify:
             await jobs.count(conn, job.lease, removed=removed)
             return "", local, removed, unrejected
 
-        refusal, local, removed, unrejected = await guarded_write(
-            registry, job, "sweeping vanished pages", store.transact(work, f"sweeping {site}")
+        refusal, local, removed, unrejected = await self.registry.run_step(
+            job, "sweeping vanished pages", work
         )
         if refusal:
             self.stats.inc_value("civicband/shrink/refused")
@@ -235,26 +172,20 @@ class Verify:
         warn_large_removal(self.stats, job, removed=removed, local=local, ratio=self.warn_ratio)
         return None
 
-    async def _list(self, job: ActiveJob, registry: Registry, differ: list[str]) -> Difference:
+    async def _list(self, job: ActiveJob, differ: list[str]) -> Difference:
         """List the differing buckets on both sides, to say exactly what is missing or extra."""
-        source: Source = self._component(Source)
-        store, site, kind = self._store, job.subdomain, job.document_type
+        registry, source = self.registry, self.source
+        site, kind = job.subdomain, job.document_type
         hexes = [b for b in differ if b != OTHER]
         source_ids = await source.listing(site, kind, hexes) if hexes else {}
-        local_ids, rejected_ids = await guarded_write(
-            registry,
-            job,
-            "reading the mirror",
-            store.transact(lambda conn: mirror.listing(conn, site, kind, hexes), f"listing {site}"),
+        local_ids, rejected_ids = await registry.run_step(
+            job, "reading the mirror", lambda conn: mirror.listing(conn, site, kind, hexes)
         )
         difference = digest.compare(source_ids, local_ids, rejected_ids)
         if OTHER in differ:
             rows, _ = await source.other_rows(site, kind)
-            pages, rejected = await guarded_write(
-                registry,
-                job,
-                "reading the mirror",
-                store.transact(lambda conn: mirror.other_listing(conn, site, kind), site),
+            pages, rejected = await registry.run_step(
+                job, "reading the mirror", lambda conn: mirror.other_listing(conn, site, kind)
             )
             difference += other_difference(rows, pages, rejected)
         return difference
@@ -283,7 +214,7 @@ class Verify:
     async def _cross_check(self, subdomain: str) -> None:
         """Report when the index's page total disagrees with the source's own counts."""
         try:
-            async with db.wrap_exceptions(), self._store.connection() as conn:
+            async with db.wrap_exceptions(), self.registry.store.connection() as conn:
                 cursor = await conn.execute(db.query("index_cross_check"), {"subdomain": subdomain})
                 row = await cursor.fetchone()
         except db.DatabaseError as error:
