@@ -213,6 +213,15 @@ def register(database_url: str, *sites: Any) -> None:
                 )
 
 
+def backfilled(database_url: str, source: Any, **kwargs: Any) -> Any:
+    """A site the mirror holds a completed pass of."""
+    site = source.create_site(**kwargs)
+    register(database_url, site)
+    result = crawl(database_url, source, f"subdomain={site.subdomain}")
+    assert result.returncode == 0, result
+    return site
+
+
 def mirrored(database_url: str, subdomain: str, document_type: str) -> dict[str, dict[str, Any]]:
     """The mirror's rows of one (site, type), shaped like the source's, by id: all 8 columns."""
     rows = fetch(

@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.crawl import (
     assert_mirror_equals_source,
+    backfilled,
     committed,
     crawl,
     fetch,
@@ -29,15 +30,6 @@ from tests.e2e.crawl import (
     wait_for,
 )
 from tests.lookalike import data
-
-
-def backfilled(database_url, source, **kwargs):
-    """A site the mirror holds a completed pass of."""
-    site = source.create_site(**kwargs)
-    register(database_url, site)
-    result = crawl(database_url, source, f"subdomain={site.subdomain}")
-    assert result.returncode == 0, result
-    return site
 
 
 def change_in_place(site, table: str, ids: list[str], **values) -> None:

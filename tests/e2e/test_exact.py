@@ -13,6 +13,7 @@ from collections import defaultdict
 from civicband import digest
 from tests.e2e.crawl import (
     assert_mirror_equals_source,
+    backfilled,
     crawl,
     is_by_id,
     jobs,
@@ -21,15 +22,6 @@ from tests.e2e.crawl import (
     sql_of,
     sql_requests,
 )
-
-
-def backfilled(database_url, source, **kwargs):
-    """A site the mirror holds a completed pass of."""
-    site = source.create_site(**kwargs)
-    register(database_url, site)
-    result = crawl(database_url, source, f"subdomain={site.subdomain}")
-    assert result.returncode == 0, result
-    return site
 
 
 def is_value_listing(request) -> bool:

@@ -6,6 +6,7 @@ import pytest
 
 from tests.e2e.crawl import (
     assert_mirror_equals_source,
+    backfilled,
     crawl,
     execute,
     fetch,
@@ -15,7 +16,6 @@ from tests.e2e.crawl import (
     jobs,
     mirrored,
     page_requests,
-    register,
     sql_requests,
 )
 
@@ -40,14 +40,6 @@ def verify_only(database_url, source, site, *extra, **settings):
         *extra,
         settings=settings,
     )
-
-
-def backfilled(database_url, source, **sizes):
-    site = source.create_site(**sizes)
-    register(database_url, site)
-    result = crawl(database_url, source, f"subdomain={site.subdomain}")
-    assert result.returncode == 0, result
-    return site
 
 
 def test_verify_only_on_an_exact_copy_passes_and_fetches_no_page(database_url, source):
