@@ -94,9 +94,9 @@ def parse_batch_size(value: Any) -> int:
 def parse_arguments(kwargs: dict[str, Any]) -> SpiderArguments:
     """Check every argument: a misspelt one (`verfy_only`) must not run a crawl that writes.
 
-    Arguments deployment tools add themselves start with `_` (scrapyd's `_job`, `_version`).
+    scrapyd adds `_job` to every call itself: it is accepted (and kept by the spider).
     """
-    unknown = sorted(k for k in kwargs if k not in SpiderArguments.names and not k.startswith("_"))
+    unknown = sorted(k for k in kwargs if k not in (*SpiderArguments.names, "_job"))
     if unknown:
         raise ArgumentError(
             f"{unknown[0]}: unknown argument; known: {', '.join(SpiderArguments.names)}"

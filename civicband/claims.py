@@ -35,7 +35,10 @@ class Claims:
         self.stats = registry.stats
         self.max_active = self.crawler.settings.getint("CIVICBAND_MAX_ACTIVE_JOBS")
         self.queue: RunQueue | None = None
+        self.closing = False  # the spider closes: no more claims
+        self._claiming = asyncio.Lock()  # one claim at a time, so the limit holds
         self._refilling = False
+        self._again = False  # a job ended while a refill ran: refill once more after it
 
     async def open(self, arguments: SpiderArguments, *, resume: bool) -> list[str]:
         """Open or join the run with these arguments; returns the named sites never seen."""
@@ -58,9 +61,13 @@ class Claims:
 
     async def claim(self) -> list[Request]:
         """Claim what this process may still run, start each job, return their first requests."""
+        async with self._claiming:  # the probes, the start and refills may all ask at once
+            return await self._claim()
+
+    async def _claim(self) -> list[Request]:
         registry = self.registry
         limit = self.max_active - len(registry.jobs)
-        if limit <= 0 or self.queue is None or not self.crawler.crawling:
+        if limit <= 0 or self.queue is None or not self.crawler.crawling or self.closing:
             return []
         if registry.database_down:
             return []
@@ -133,11 +140,12 @@ class Claims:
         """A job left this process: the queue may hold work for its place."""
         if self.queue is not None:
             self.queue.more = True
+        self._again = self._refilling
         self.refill()
 
     def refill(self) -> None:
         """Claim more work in the background, and crawl its first requests."""
-        if self._refilling or not self.crawler.crawling:
+        if self._refilling or not self.crawler.crawling or self.closing:
             return
         self._refilling = True
 
@@ -147,6 +155,9 @@ class Claims:
                     self.crawl(request)
             finally:
                 self._refilling = False
+                if self._again:  # a place freed while this one claimed: claim for it too
+                    self._again = False
+                    self.refill()
                 self._wake()
 
         self.registry.background(refill())
@@ -237,10 +248,14 @@ class Claims:
     async def spider_closed(self, reason: str) -> None:
         """Stop every step, pause the jobs still held, and report every job this process had."""
         registry = self.registry
-        tasks = [task for job in registry.jobs.values() for task in job.tasks]
-        for task in tasks:
+        self.closing = True
+        # The steps of running jobs stop (the jobs are paused below); a job that already ended
+        # is still recording how (its failure, its verdict): that is let finish.
+        running = [task for job in registry.jobs.values() if not job.stopped for task in job.tasks]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        ending = [task for job in registry.jobs.values() if job.stopped for task in job.tasks]
+        await asyncio.gather(*running, *ending, return_exceptions=True)
         held = [job for job in registry.jobs.values() if not job.stopped]
         summaries: list[dict[str, Any]] = []
         if registry.store.is_open and not registry.database_down:

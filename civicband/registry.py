@@ -167,11 +167,13 @@ class Registry:
             job.tasks.discard(finished)
             if finished.cancelled() or (error := finished.exception()) is None:
                 return
-            if isinstance(error, JobEnded | Stopping):
-                return  # the job ended and said why, or the crawl stops: it is paused
+            if isinstance(error, JobEnded):
+                return  # the job ended and said why
+            if isinstance(error, Stopping) and not self.crawler.crawling:
+                return  # the crawl stops: the job is paused
             logger.error("%s: unexpected error in %s", job, what, exc_info=error)
             message = f"unexpected error in {what}: {type(error).__name__}: {db.one_line(error)}"
-            self.background(self.fail(job, message))
+            self.spawn(job, self.fail(job, message), "recording a failure")
 
         task.add_done_callback(done)
 
@@ -228,20 +230,22 @@ class Registry:
         """The job cannot go on here: failed with why (fenced), its cursor kept for resume."""
         if not job.move(ENDED):
             return
+        status = "failed"
         try:
             await self.store.transact(
                 lambda conn: jobs.fail(conn, job.lease, error, retries_exhausted=retries_exhausted),
                 f"recording the failure of {job.lease}",
             )
         except jobs.LeaseLost:
-            await self._leave(job, "lost")
-            return
+            status = "lost"
         except db.DatabaseError as problem:
             self.stats.inc_value("civicband/db/errors")
             logger.error("%s: could not record its failure (%s): %s", job, problem, error)
-        self.stats.inc_value("civicband/jobs/failed")
-        logger.error("%s failed: %s", job, error)
-        await self._leave(job, "failed")
+        finally:  # whatever happened to the write, the job leaves: never held with no step
+            if status == "failed":
+                self.stats.inc_value("civicband/jobs/failed")
+                logger.error("%s failed: %s", job, error)
+            await self._leave(job, status)
 
     async def lost(self, job: ActiveJob) -> None:
         """Another process claimed the job since this one did: stop it here, writing nothing."""
@@ -287,8 +291,12 @@ class Registry:
             self.store.retries,
             db.one_line(error),
         )
+        current = asyncio.current_task()
         for job in self.jobs.values():
             job.move(ENDED)
+            for task in job.tasks:
+                if task is not current:
+                    task.cancel()
         engine = self.crawler.engine
         if engine is not None:
             self.background(engine.close_spider_async(reason="civicband_database_lost"))

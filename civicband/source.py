@@ -18,7 +18,6 @@ from typing import Any, Self
 
 from scrapy import Request
 from scrapy.crawler import Crawler
-from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 from scrapy.settings import BaseSettings
 
@@ -136,11 +135,11 @@ class Source:
         engine = self.crawler.engine
         try:
             return await engine.download_async(self.request(url, **meta))
-        except IgnoreRequest:
-            raise Stopping(url) from None
         except Exception as error:
             if not self.crawler.crawling:
                 raise Stopping(url) from None
+            # A request refused while the crawl runs (a middleware's IgnoreRequest, robots.txt,
+            # the offsite filter) is the source not answering, never a quiet stop.
             raise SourceError(
                 f"{type(error).__name__}: {one_line(error)} at {url}", retryable=True
             ) from None

@@ -23,11 +23,7 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
 from civicband import datasette
-from civicband.args import (
-    SpiderArguments,
-    parse_arguments,
-    parse_batch_size,
-)
+from civicband.args import ArgumentError, SpiderArguments, parse_arguments, parse_batch_size
 from civicband.config import check_settings
 from civicband.db import DatabaseError, one_line
 from civicband.items import PageItem
@@ -76,6 +72,13 @@ class CivicbandSpider(StoreSpider):
         """Validate arguments and settings before any request; one line naming what is wrong."""
         arguments = parse_arguments(kwargs)
         check_settings(settings)
+        for name, component, _ in CivicbandSpider.components:
+            enabled = settings.getwithbase(name).items()
+            if component not in {_path(c) for c, order in enabled if order is not None}:
+                raise ArgumentError(
+                    f"{name}: the civicband spider needs {component} (a -s {name}=... replaced"
+                    " the components the spider adds: name it there too)"
+                )
         return arguments
 
     @classmethod
@@ -257,6 +260,13 @@ class CivicbandSpider(StoreSpider):
             status = failure.value.response.status
             exhausted = status >= 500 or status == 429 or bool(request.meta.get(RETRIES_EXHAUSTED))
         await self.registry.fail(job, _describe(failure, request), retries_exhausted=exhausted)
+
+
+def _path(component: Any) -> str:
+    """A component's import path, whether the setting names it by path or by class."""
+    if isinstance(component, str):
+        return component
+    return f"{component.__module__}.{component.__qualname__}"
 
 
 def _describe(failure: Failure, request: Request) -> str:

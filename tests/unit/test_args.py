@@ -60,9 +60,12 @@ def test_bad_arguments_name_themselves_in_one_line(kwargs, named):
 
 
 def test_arguments_deployment_tools_add_are_accepted():
-    # scrapyd adds _job (and _version when asked) to every schedule.json call.
-    args = parse_arguments({"subdomain": "a.ca", "_job": "6487ec79", "_version": "r1"})
+    # scrapyd adds _job to every schedule.json call; other underscored names could shadow the
+    # spider's own attributes (-a _fail=x) and are refused like any unknown argument.
+    args = parse_arguments({"subdomain": "a.ca", "_job": "6487ec79"})
     assert args.subdomains == ["a.ca"]
+    with pytest.raises(ArgumentError, match="^_fail: unknown argument"):
+        parse_arguments({"subdomain": "a.ca", "_fail": "x"})
 
 
 @pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity"])
