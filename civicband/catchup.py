@@ -25,7 +25,7 @@ from civicband import digest, exact, jobs, mirror
 from civicband import signals as civicband_signals
 from civicband.datasette import MAX_PAGE_SIZE, SourceError
 from civicband.digest import OTHER, Difference
-from civicband.pipelines import PageWriter, guarded_write
+from civicband.pipelines import PageWriter, count_changes, guarded_write
 from civicband.registry import CATCHING_UP, FETCHING, ActiveJob, Registry
 from civicband.rows import clean_page, raw_text
 from civicband.source import Source, Stopping
@@ -242,6 +242,7 @@ class CatchUp:
             await self._become_full_pass(job, registry, store, len(to_fetch))
             return
         job.rows_expected = job.rows_done + len(to_fetch) + len(other_rows)
+        to_fetch = await self._restore(job, registry, store, source, to_fetch)
         async for rows, checked in source.rows_by_id(site, kind, to_fetch):
             await self._store(job, registry, rows, checked)
         if other_rows:
@@ -278,6 +279,31 @@ class CatchUp:
         )
         job.mode, job.cursor, job.last_id, job.state = jobs.FULL, None, None, FETCHING
         self.crawler.signals.send_catch_log(civicband_signals.job_restarted, job=job)
+
+    async def _restore(
+        self, job: ActiveJob, registry: Registry, store: Store, source: Source, ids: list[str]
+    ) -> list[str]:
+        """Bring back removed pages whose ids the source has again; the ids still to fetch whole.
+
+        The id hashes the text, meeting, date and page, so a tombstone holds them as the source
+        does: only page_image, entities_json and votes_json are fetched for such ids.
+        """
+        site, kind = job.subdomain, job.document_type
+        kept = await guarded_write(
+            registry,
+            job,
+            "reading the mirror",
+            store.transact(
+                lambda conn: mirror.tombstoned(conn, site, kind, ids), f"reading {site}"
+            ),
+        )
+        if not kept:
+            return ids
+        async for values, checked in source.values_by_id(site, kind, sorted(kept)):
+            rows = [{**kept[row["id"]], **row} for row in values if row.get("id") in kept]
+            await self._store(job, registry, rows, checked)
+        self.stats.inc_value("civicband/catchup/restorable", len(kept))
+        return [i for i in ids if i not in kept]
 
     async def _store(
         self, job: ActiveJob, registry: Registry, rows: list[dict[str, Any]], checked: bool
@@ -344,6 +370,7 @@ class CatchUp:
             await registry.fail(job, refusal)
             raise DropItem(refusal)
         self.stats.inc_value("civicband/catchup/deleted", removed)
+        count_changes(self.stats, removed=removed)
         self.stats.inc_value("civicband/rows/unrejected", unrejected)
         warn_large_removal(self.stats, job, removed=removed, local=pages, ratio=self.warn_ratio)
         logger.info(

@@ -7,6 +7,7 @@ from typing import Any, Self
 
 from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem
+from scrapy.statscollectors import StatsCollector
 
 from civicband import db, jobs, mirror
 from civicband.items import PageItem
@@ -47,6 +48,8 @@ class PageWriter:
                 fetched=len(item.rows),
                 created=stored.created,
                 updated=stored.updated,
+                changed=stored.changed,
+                restored=stored.restored,
                 errors=page.rejected_rows,
                 removed=stored.dropped,
                 final=item.final,
@@ -80,6 +83,8 @@ class PageWriter:
                 fetched=len(rows),
                 created=stored.created,
                 updated=stored.updated,
+                changed=stored.changed,
+                restored=stored.restored,
                 errors=page.rejected_rows,
                 removed=stored.dropped,
                 final=False,
@@ -103,6 +108,13 @@ class PageWriter:
         stats.inc_value("civicband/rows/changed", stored.changed)
         stats.inc_value("civicband/rows/unrejected", stored.unrejected)
         stats.inc_value("civicband/pages/replaced_by_rejection", stored.dropped)
+        count_changes(
+            stats,
+            created=stored.created,
+            changed=stored.changed,
+            removed=stored.dropped,
+            restored=stored.restored,
+        )
         stats.inc_value("civicband/rows/rejected", page.rejected_rows)
         stats.inc_value("civicband/rows/nul_removed", page.nul_removed)
         for rejection in page.rejected:
@@ -113,6 +125,13 @@ class PageWriter:
                 rejection.row_id,
                 rejection.reason,
             )
+
+
+def count_changes(stats: StatsCollector, **changes: int) -> None:
+    """The change feed's entries a job wrote, by kind: civicband/changes/<kind> (stats table)."""
+    for kind, value in changes.items():
+        if value:
+            stats.inc_value(f"civicband/changes/{kind}", value)
 
 
 def catch_up_batch(cursor: str | None) -> str:

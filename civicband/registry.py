@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self
 from scrapy import Request, signals
 from scrapy.crawler import Crawler
 
-from civicband import db, jobs
+from civicband import db, jobs, mirror
 from civicband import signals as civicband_signals
 from civicband.digest import Digest
 from civicband.middlewares import RATE_LIMIT_WAITS
@@ -294,9 +294,26 @@ class Registry:
         await asyncio.gather(*tasks, return_exceptions=True)
         held = [job for job in self.jobs.values() if not job.stopped]
         summaries: list[dict[str, Any]] = []
+        purged = None
         if self.store.is_open and not self.database_down:
             summaries = await self._pause_and_summarise(held)
-        self.crawler.signals.send_catch_log(civicband_signals.jobs_closed, summaries=summaries)
+            purged = await self._purge_tombstones()
+        self.crawler.signals.send_catch_log(
+            civicband_signals.jobs_closed, summaries=summaries, purged=purged
+        )
+
+    async def _purge_tombstones(self) -> int | None:
+        """Once per crawl: forget removed pages kept longer than CIVICBAND_TOMBSTONE_DAYS."""
+        days = self.crawler.settings.getfloat("CIVICBAND_TOMBSTONE_DAYS")
+        try:
+            purged = await self.store.transact(
+                lambda conn: mirror.purge_tombstones(conn, days), "purging tombstones"
+            )
+        except db.DatabaseError as error:
+            logger.error("Could not purge old tombstones: %s", error)
+            return None
+        self.stats.set_value("civicband/tombstones/purged", purged)
+        return purged
 
     async def _pause_and_summarise(self, held: list[ActiveJob]) -> list[dict[str, Any]]:
         try:

@@ -6,8 +6,9 @@
 job_exhausted = object()
 # job=ActiveJob, status=str: the job left this process (completed, failed, lost, ...).
 job_ended = object()
-# summaries=list[dict]: once, when the crawl ends however it ends, after jobs were paused
-# (empty when the database could not be read; Registry.outcomes then says what is known).
+# summaries=list[dict], purged=int|None: once, when the crawl ends however it ends, after jobs
+# were paused (empty when the database could not be read; Registry.outcomes then says what is
+# known); purged is how many tombstones past CIVICBAND_TOMBSTONE_DAYS went (None: not purged).
 jobs_closed = object()
 # job=ActiveJob: a catch-up that would cost more than a full pass became one; page it.
 job_restarted = object()

@@ -381,6 +381,31 @@ class Source:
                     raise SourceError("rows answer truncated with no rows", retryable=False)
                 wanted = left
 
+    async def values_by_id(
+        self, subdomain: str, document_type: str, ids: list[str]
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+        """page_image, entities_json and votes_json of these ids, never their text (a restore)."""
+        table = DOCUMENT_TABLES[document_type]
+        sql = digest.values_by_id_sql(table, COLUMNS)
+        for batch in self._chunks(subdomain, ids, lambda part: {"ids": part}, sql=sql):
+            wanted = list(batch)
+            while wanted:
+                page = await self._with_columns(
+                    subdomain,
+                    lambda cols: (digest.values_by_id_sql(table, cols), {}),
+                    ids=wanted,
+                )
+                rows = [row for row in page.rows if isinstance(row, dict)]
+                self.stats.inc_value("civicband/catchup/restore_values", len(rows))
+                yield rows, page.unicode_checked
+                if not page.truncated:
+                    break
+                got = {row.get("id") for row in rows}
+                left = [i for i in wanted if i not in got]
+                if len(left) == len(wanted):
+                    raise SourceError("values answer truncated with no rows", retryable=False)
+                wanted = left
+
     def _chunks(
         self,
         subdomain: str,

@@ -20,7 +20,7 @@ from civicband import signals as civicband_signals
 from civicband.catchup import other_difference, shrink_refusal, shrinks, warn_large_removal
 from civicband.datasette import SourceError
 from civicband.digest import OTHER, Difference
-from civicband.pipelines import guarded_write
+from civicband.pipelines import count_changes, guarded_write
 from civicband.registry import ActiveJob, Registry
 from civicband.source import Source, Stopping
 from civicband.store import Store
@@ -225,6 +225,7 @@ class Verify:
             return Verdict("failed", source_count, local, 0, None, removed, None, refusal)
         if removed or unrejected:
             self.stats.inc_value("civicband/verify/removed", removed)
+            count_changes(self.stats, removed=removed)
             self.stats.inc_value("civicband/rows/unrejected", unrejected)
             logger.info(
                 "%s: removed %d pages and %d rejections the source no longer has",
