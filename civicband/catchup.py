@@ -302,7 +302,6 @@ class CatchUp:
         async for values, checked in source.values_by_id(site, kind, sorted(kept)):
             rows = [{**kept[row["id"]], **row} for row in values if row.get("id") in kept]
             await self._store(job, registry, rows, checked)
-        self.stats.inc_value("civicband/catchup/restorable", len(kept))
         return [i for i in ids if i not in kept]
 
     async def _store(

@@ -396,7 +396,6 @@ class Source:
                     ids=wanted,
                 )
                 rows = [row for row in page.rows if isinstance(row, dict)]
-                self.stats.inc_value("civicband/catchup/restore_values", len(rows))
                 yield rows, page.unicode_checked
                 if not page.truncated:
                     break
