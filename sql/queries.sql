@@ -540,14 +540,14 @@ SELECT * FROM (
            p.page_image, p.entities_json, p.votes_json, p.created AS first_seen,
            p.modified AS changed, NULL::timestamptz AS removed
       FROM meeting_pages p JOIN meeting_documents d ON d.id = p.document_id
-     WHERE p.version > %(since)s
+     WHERE p.version > %(since)s::bigint
        AND (%(subdomain)s::text IS NULL OR p.subdomain = %(subdomain)s::text)
        AND (%(document_type)s::text IS NULL OR p.document_type = %(document_type)s::text)
     UNION ALL
     SELECT t.version, 'delete', t.subdomain, t.document_type, t.id, NULL, NULL, NULL, NULL,
            NULL, NULL, NULL, NULL, NULL, t.removed
       FROM page_tombstones t
-     WHERE t.version > %(since)s
+     WHERE t.version > %(since)s::bigint
        AND (%(subdomain)s::text IS NULL OR t.subdomain = %(subdomain)s::text)
        AND (%(document_type)s::text IS NULL OR t.document_type = %(document_type)s::text)
 ) feed
