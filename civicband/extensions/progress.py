@@ -144,7 +144,7 @@ class Progress:
                 f"{site}: not crawled: {error}"
                 for site, error in sorted(registry.site_failures.items())
             ]
-        if purged is not None:
+        if purged:  # said when some went (the stat civicband/tombstones/purged says 0 too)
             days = self.crawler.settings.getfloat("CIVICBAND_TOMBSTONE_DAYS")
             lines.append(f"tombstones: purged {purged} removed more than {days:g} days ago")
         self.summary = lines

@@ -186,7 +186,7 @@ def test_old_tombstones_are_purged_at_the_end_of_a_run_and_said(database_url, so
     kept = crawl(database_url, source, f"subdomain={site.subdomain}")
     assert kept.returncode == 0, kept
     assert kept.stats["civicband/tombstones/purged"] == 0
-    assert kept.lines(r"tombstones: purged 0 removed more than 30 days ago")
+    assert not kept.lines(r"tombstones: purged"), "nothing purged, nothing said"
     # Three of them removed 31 days ago: past the default retention of 30 days.
     backdated = execute(
         database_url,
