@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,6 +161,10 @@ class Command(ScrapyCommand):
                 )
                 url = embedded.start()
             write_changes(stream_changes(url, params), sys.stdout)
+        except BrokenPipeError:
+            # The reader had enough (`| head`): stop quietly, as Unix tools do; what Python
+            # would still flush at exit goes nowhere instead of raising again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (db.DatabaseError, EmbeddedPostgresError) as error:
             self._error(str(error))
             return

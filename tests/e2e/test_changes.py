@@ -97,6 +97,19 @@ def test_the_feed_holds_every_change_once_and_brings_removed_pages_back(database
         assert got == {k: want[k] for k in ("meeting", "date", "page", "text", "entities_json")}
         assert line["first_seen"] == line["changed"]
     first_seen = {x["id"]: x["first_seen"] for x in everything}
+    # A reader that stops early (`| head -n 1`): the command stops quietly, status 0.
+    assert len("\n".join(json.dumps(x) for x in everything)) > 128 * 1024, "past a pipe buffer"
+    with subprocess.Popen(
+        [sys.executable, "-m", "scrapy", "changes", "--since", "0"],
+        cwd=ROOT,
+        env={**os.environ, "CIVICBAND_DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as head:
+        assert json.loads(head.stdout.readline()) == everything[0]
+        head.stdout.close()
+        assert head.wait(timeout=60) == 0
+        assert head.stderr.read() == b""
     assert full.stats["civicband/changes/created"] == len(everything)
 
     # Fetching again what did not change takes no version and prints nothing.
