@@ -190,21 +190,32 @@ def test_the_feed_holds_every_change_once_and_brings_removed_pages_back(database
 
 
 @pytest.mark.datasette("ds10")
-def test_old_tombstones_are_purged_at_the_end_of_a_run_and_said(database_url, source):
+def test_a_full_pass_restores_and_old_tombstones_are_purged_and_said(database_url, source):
     site = source.create_site(agendas=120, minutes=0)
     register(database_url, site)
     assert crawl(database_url, source, f"subdomain={site.subdomain}").returncode == 0
     gone = sorted(site.ids("agendas"))[:8]
+    first_seen_sql = "SELECT id, created FROM meeting_pages WHERE id = ANY(%s) ORDER BY id"
+    seen = fetch(database_url, first_seen_sql, [gone[:2]])
+    rows = {row["id"]: row for row in site.rows("agendas")}
     site.delete_rows("agendas", gone)
     kept = crawl(database_url, source, f"subdomain={site.subdomain}")
     assert kept.returncode == 0, kept
     assert kept.stats["civicband/tombstones/purged"] == 0
     assert not kept.lines(r"tombstones: purged"), "nothing purged, nothing said"
-    # Three of them removed 31 days ago: past the default retention of 30 days.
+    # Two come back and a full pass brings them whole: restored, their first-seen time kept.
+    site.add_rows("agendas", [rows[i] for i in gone[:2]])
+    full = crawl(database_url, source, f"subdomain={site.subdomain}", "full=true")
+    assert full.returncode == 0, full
+    assert fetch(database_url, first_seen_sql, [gone[:2]]) == seen
+    job = [j for j in jobs(database_url, site.subdomain) if j["document_type"] == "agenda"][-1]
+    assert (job["mode"], job["pages_restored"], job["pages_created"]) == ("full", 2, 0), job
+    assert full.stats["civicband/changes/restored"] == 2
+    # Three of the others removed 31 days ago: past the default retention of 30 days.
     backdated = execute(
         database_url,
         "UPDATE page_tombstones SET removed = removed - interval '31 days' WHERE id = ANY(%s)",
-        [gone[:3]],
+        [gone[2:5]],
     )
     assert backdated == 3
     purged = crawl(database_url, source, f"subdomain={site.subdomain}")
@@ -212,7 +223,7 @@ def test_old_tombstones_are_purged_at_the_end_of_a_run_and_said(database_url, so
     assert purged.stats["civicband/tombstones/purged"] == 3
     assert purged.lines(r"tombstones: purged 3 removed more than 30 days ago"), purged
     left = {x["id"] for x in changes(database_url, "--since", "0") if x["op"] == "delete"}
-    assert left == set(gone[3:])
+    assert left == set(gone[5:])
     # CIVICBAND_TOMBSTONE_DAYS=0 keeps none.
     none_kept = crawl(
         database_url,
@@ -221,7 +232,7 @@ def test_old_tombstones_are_purged_at_the_end_of_a_run_and_said(database_url, so
         settings={"CIVICBAND_TOMBSTONE_DAYS": 0},
     )
     assert none_kept.returncode == 0, none_kept
-    assert none_kept.stats["civicband/tombstones/purged"] == 5
+    assert none_kept.stats["civicband/tombstones/purged"] == 3
     assert fetch(database_url, "SELECT count(*) AS n FROM page_tombstones")[0]["n"] == 0
 
 
