@@ -169,7 +169,7 @@ BYTECODE = REPO / ".cache" / "bench-bytecode"
 bytecode_cache: Path | None = None
 
 
-def use_bytecode_cache() -> None:
+def use_bytecode_cache(*roots: Path) -> None:
     """Compile every module a contender may import into BYTECODE, once; contenders then use it.
 
     An installed program starts from cached bytecode. Without it (PYTHONDONTWRITEBYTECODE set,
@@ -195,14 +195,15 @@ def use_bytecode_cache() -> None:
     for args in (
         ["-x", skip_stdlib, paths[0]],
         ["-x", r"/tests?/", *sorted(set(paths[1:])), str(REPO / "civicband"), str(LOOPS)],
+        *([str(root / "civicband")] for root in roots),
     ):
         # Files that do not compile (test data) are reported and skipped: not our concern.
         subprocess.run([*compileall, *args], env=env, capture_output=True, check=False)
     bytecode_cache = BYTECODE
 
 
-def measure(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Run:
-    """Run `cmd` from the repository under the launcher: wall time, peak RSS, exit status."""
+def measure(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO) -> Run:
+    """Run `cmd` from the repository (or `cwd`) under the launcher: wall time, peak RSS, status."""
     environ = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", **(env or {})}
     environ.pop("VIRTUAL_ENV", None)
     if bytecode_cache is not None:
@@ -212,7 +213,7 @@ def measure(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Run
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             launcher,
-            cwd=REPO,
+            cwd=cwd,
             env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -237,16 +238,21 @@ def crawl(
     log: Path,
     document_type: str = "agenda",
     extra: tuple[str, ...] = (),
+    root: Path = REPO,
 ) -> Run:
     """The whole `scrapy crawl civicband` process (one site's agendas unless told).
 
     `extra`: more command-line arguments, e.g. ("-a", "full=true", "-s", "NAME=value").
+    `root`: another checkout of the project (an earlier commit) whose code runs instead, with
+    this checkout's environment: its `civicband` comes first on the path.
     """
     cmd = [str(PYTHON), "-m", "scrapy", "crawl", "civicband"]
     cmd += ["-a", f"subdomain={subdomain}", "-a", f"document_type={document_type}"]
     cmd += ["-s", f"CIVICBAND_SITE_URL={site_url}", *extra]
     env = {"CIVICBAND_DATABASE_URL": database_url, "CIVICBAND_SERVICE_SECRET": SECRET}
-    return measure(cmd, log, env)
+    if root != REPO:
+        env["PYTHONPATH"] = str(root)
+    return measure(cmd, log, env, cwd=root)
 
 
 def loop(kind: str, site_url: str, subdomain: str, database_url: str, log: Path) -> Run:

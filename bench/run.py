@@ -19,16 +19,33 @@ CONTENDERS = {
     "perrow": "per-row loop",
     "copy": "fetch-then-COPY loop",
     "fetch": "bare fetch loop",
+    "baseline": "scrapy crawl, baseline",
 }
-TABLES = {"crawl": "meeting_pages", "perrow": "meeting_pages", "copy": "copied_pages"}
+TABLES = {
+    "crawl": "meeting_pages",
+    "baseline": "meeting_pages",
+    "perrow": "meeting_pages",
+    "copy": "copied_pages",
+}
 
 
-def run_one(kind: str, site_url: str, subdomain: str, admin_url: str, logs: Path, n: int) -> Run:
+def run_one(
+    kind: str,
+    site_url: str,
+    subdomain: str,
+    admin_url: str,
+    logs: Path,
+    n: int,
+    baseline: Path | None = None,
+) -> Run:
     """Measure one contender on a fresh database and check it stored (or saw) all n rows."""
     log = logs / f"{kind}-{time.monotonic_ns()}.log"
     with harness.fresh_database(admin_url, kind) as url:
         if kind == "crawl":
             result = harness.crawl(site_url, subdomain, url, log)
+        elif kind == "baseline":
+            assert baseline is not None
+            result = harness.crawl(site_url, subdomain, url, log, root=baseline)
         else:
             result = harness.loop(kind, site_url, subdomain, url, log)
         if result.returncode != 0:
@@ -54,6 +71,11 @@ def report(results: dict[str, list[Run]], n: int) -> None:
             print(f"{label:<22}{wall[kind]:>9.2f}{n / wall[kind]:>10.0f}{rss[kind]:>13.1f}")
     ratio = {k: wall[k] / wall["crawl"] for k in ("perrow", "copy", "fetch") if k in wall}
     print()
+    if "baseline" in wall and "copy" in wall:
+        print(
+            f"COPY / baseline   {wall['copy'] / wall['baseline']:6.2f}  (the same ratio for the"
+            f" earlier code; crawl / baseline {wall['crawl'] / wall['baseline']:.3f})"
+        )
     if "perrow" in ratio:
         print(
             f"per-row / crawl   {ratio['perrow']:6.2f}  (target >= {TARGET_PER_ROW})  "
@@ -89,12 +111,20 @@ def main() -> None:
         help="comma-separated contenders to leave out (perrow, copy, fetch), e.g. perrow: "
         "the per-row loop takes about 3 minutes a run",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier commit (e.g. `git worktree add DIR REF`): its crawl runs"
+        " as one more contender, side by side with this one",
+    )
     args = parser.parse_args()
     skipped = {kind for kind in args.skip.split(",") if kind}
+    if args.baseline is None:
+        skipped.add("baseline")
     if not skipped <= set(CONTENDERS) - {"crawl"}:
         parser.error(f"--skip: choose among perrow, copy, fetch, got {args.skip!r}")
     if not args.cold_imports:
-        harness.use_bytecode_cache()
+        harness.use_bytecode_cache(*([args.baseline] if args.baseline else []))
     subdomain = "bench.ca"
     with tempfile.TemporaryDirectory(prefix="civicband-bench-") as tmp:
         root, logs = Path(tmp) / "sites", Path(tmp) / "logs"
@@ -116,7 +146,7 @@ def main() -> None:
             for i in range(args.repeat):
                 shift = i % len(kinds)
                 for kind in kinds[shift:] + kinds[:shift]:  # rotate the order per repeat
-                    run = run_one(kind, site_url, subdomain, admin, logs, args.rows)
+                    run = run_one(kind, site_url, subdomain, admin, logs, args.rows, args.baseline)
                     results[kind].append(run)
                     print(
                         f"  run {i + 1} {CONTENDERS[kind]:<22}{run.wall:8.2f} s"

@@ -26,6 +26,7 @@ from civicband.digest import OTHER, Difference
 from civicband.lifecycle import ActiveJob, Exhausted, Failed, Restart
 from civicband.rows import clean_page, raw_text
 from civicband.source import Source
+from civicband.writer import count_changes
 
 if TYPE_CHECKING:
     from civicband.registry import Registry
@@ -207,6 +208,7 @@ class CatchUp:
         if not job.repair and self._cheaper_to_page(site, len(to_fetch), expected):
             return Restart(len(to_fetch))
         job.expect(job.rows_done + len(to_fetch) + len(other_rows))
+        to_fetch = await self._restore(job, to_fetch)
         async for rows, checked in source.rows_by_id(site, kind, to_fetch):
             await self._store(job, rows, checked)
         if other_rows:
@@ -225,6 +227,23 @@ class CatchUp:
         by_id = math.ceil(fetch / min(IDS_PER_REQUEST, size))
         paging = math.ceil(expected / size) + 1
         return by_id > paging
+
+    async def _restore(self, job: ActiveJob, ids: list[str]) -> list[str]:
+        """Bring back removed pages whose ids the source has again; the ids still to fetch whole.
+
+        The id hashes the text, meeting, date and page, so a tombstone holds them as the source
+        does: only page_image, entities_json and votes_json are fetched for such ids.
+        """
+        site, kind = job.subdomain, job.document_type
+        kept = await self.registry.run_step(
+            job, "reading the mirror", lambda conn: mirror.tombstoned(conn, site, kind, ids)
+        )
+        if not kept:
+            return ids
+        async for values, checked in self.source.values_by_id(site, kind, sorted(kept)):
+            rows = [{**kept[row["id"]], **row} for row in values if row.get("id") in kept]
+            await self._store(job, rows, checked)
+        return [i for i in ids if i not in kept]
 
     async def _store(self, job: ActiveJob, rows: list[dict[str, Any]], checked: bool) -> None:
         page = clean_page(rows, unicode_checked=checked)
@@ -281,6 +300,7 @@ class CatchUp:
             self.stats.inc_value("civicband/shrink/refused")
             return refusal
         self.stats.inc_value("civicband/catchup/deleted", removed)
+        count_changes(self.stats, removed=removed)
         self.stats.inc_value("civicband/rows/unrejected", unrejected)
         warn_large_removal(self.stats, job, removed=removed, local=pages, ratio=self.warn_ratio)
         logger.info(

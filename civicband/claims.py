@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import Request
 
-from civicband import db, jobs
+from civicband import db, jobs, mirror
 from civicband import signals as civicband_signals
 from civicband.args import SpiderArguments
 from civicband.lifecycle import ActiveJob
@@ -258,6 +258,23 @@ class Claims:
         await asyncio.gather(*running, *ending, return_exceptions=True)
         held = [job for job in registry.jobs.values() if not job.stopped]
         summaries: list[dict[str, Any]] = []
+        purged = None
         if registry.store.is_open and not registry.database_down:
             summaries = await self._pause_and_summarise(held)
-        self.crawler.signals.send_catch_log(civicband_signals.jobs_closed, summaries=summaries)
+            purged = await self._purge_tombstones()
+        self.crawler.signals.send_catch_log(
+            civicband_signals.jobs_closed, summaries=summaries, purged=purged
+        )
+
+    async def _purge_tombstones(self) -> int | None:
+        """Once per crawl: forget removed pages kept longer than CIVICBAND_TOMBSTONE_DAYS."""
+        days = self.crawler.settings.getfloat("CIVICBAND_TOMBSTONE_DAYS")
+        try:
+            purged = await self.registry.store.transact(
+                lambda conn: mirror.purge_tombstones(conn, days), "purging tombstones"
+            )
+        except db.DatabaseError as error:
+            logger.error("Could not purge old tombstones: %s", error)
+            return None
+        self.stats.set_value("civicband/tombstones/purged", purged)
+        return purged

@@ -28,6 +28,7 @@ NUMBER_SETTINGS: dict[str, tuple[type, float, float | None]] = {
     "CIVICBAND_VERIFY_MAX_MISSING_RATIO": (float, 0, 1),
     "CIVICBAND_SHRINK_GUARD": (float, 0, 1),
     "CIVICBAND_REMOVAL_WARN_RATIO": (float, 0, 1),
+    "CIVICBAND_TOMBSTONE_DAYS": (float, 0, None),
     "CIVICBAND_MONITOR_MAX_REJECTED": (int, 0, None),
     "CIVICBAND_BACKOFF_BASE": (float, 0, None),
     "CIVICBAND_BACKOFF_MAX": (float, 0, None),

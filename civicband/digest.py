@@ -250,9 +250,23 @@ def other_rows_sql(table: str, limit: int) -> str:
     )
 
 
+UNHASHED_COLUMNS = ("page_image", "entities_json", "votes_json")
+
+
 def rows_by_id_sql(table: str) -> str:
     """Whole rows for a JSON list of ids (`:ids`: bound as text, so all-digit ids stay text)."""
     return f"select * from {table} where id in (select value from json_each(:ids))"
+
+
+def values_by_id_sql(table: str, columns: Iterable[str]) -> str:
+    """The columns the id does not hash, for a JSON list of ids: a removed page coming back.
+
+    Never the text (the id covers it, and the tombstone has it); a column an older site lacks
+    reads as NULL, as the mirror stores it from that site.
+    """
+    have = set(columns)
+    named = ",".join(c if c in have else f"null as {c}" for c in UNHASHED_COLUMNS)
+    return f"select id,{named} from {table} where id in (select value from json_each(:ids))"
 
 
 # ---- digests and their comparison (pure) ---------------------------------------------------------

@@ -381,6 +381,8 @@ async def advance(
     errors: int,
     removed: int,
     final: bool,
+    changed: int = 0,
+    restored: int = 0,
 ) -> None:
     """A page stored: the cursor moves on and the counters grow, in the page's transaction."""
     params = {
@@ -388,6 +390,8 @@ async def advance(
         "fetched": fetched,
         "created": created,
         "updated": updated,
+        "changed": changed,
+        "restored": restored,
         "errors": errors,
         "removed": removed,
         "final": final,
@@ -404,12 +408,16 @@ async def count(
     updated: int = 0,
     errors: int = 0,
     removed: int = 0,
+    changed: int = 0,
+    restored: int = 0,
 ) -> None:
     """Counters of rows stored without a cursor (catch-up) or removed, in their transaction."""
     params = {
         "fetched": fetched,
         "created": created,
         "updated": updated,
+        "changed": changed,
+        "restored": restored,
         "errors": errors,
         "removed": removed,
     }

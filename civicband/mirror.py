@@ -2,6 +2,10 @@
 
 Each function runs inside a transaction its caller holds, beside the fenced job write that
 makes it count (civicband/jobs.py): rows and the job's cursor commit together or not at all.
+
+Every change to a page takes a version (the change feed): the functions that change pages take
+the versions lock right before their first version-taking statement, so that it is held for the
+rest of the transaction only, and announce the highest version they took (NOTIFY at commit).
 """
 
 from __future__ import annotations
@@ -16,20 +20,45 @@ from civicband import digest
 from civicband.db import query
 from civicband.rows import DUPLICATE_ID, INVALID_ID, PageRows
 
+# The first key of the advisory lock every version-taking transaction holds until it commits.
+VERSIONS_CLASS = 0x63627672  # "cbvr"
+CHANNEL = "civicband_changes"
+
 
 @dataclass(frozen=True)
 class Stored:
     """What storing one page's rows did."""
 
-    created: int
-    updated: int
-    changed: int
+    created: int  # new to the mirror
+    updated: int  # already in it, changed or not
+    changed: int  # already in it and changed
     unrejected: int = 0  # rejections of ids stored now
     dropped: int = 0  # pages whose id's row arrived malformed: the rejection replaces them
+    restored: int = 0  # removed pages back from their tombstones, first-seen time kept
 
 
 def _params(subdomain: str, document_type: str) -> dict[str, str]:
     return {"subdomain": subdomain, "document_type": document_type}
+
+
+async def lock_versions(conn: psycopg.AsyncConnection) -> None:
+    """Take versions in commit order: held until this transaction ends (SPEC §3, change feed)."""
+    await conn.execute(query("lock_versions"), {"class": VERSIONS_CLASS})
+
+
+async def announce(conn: psycopg.AsyncConnection, version: int | None) -> None:
+    """Tell LISTENers the highest version this transaction took; sent only if it commits."""
+    if version is not None:
+        await conn.execute(query("notify_changes"), {"version": version})
+
+
+async def _remove(
+    conn: psycopg.AsyncConnection, name: str, params: dict[str, Any]
+) -> tuple[int, int | None]:
+    """Run a removal that turns pages into tombstones: (pages removed, highest version)."""
+    row = await (await conn.execute(query(name), params)).fetchone()
+    assert row is not None
+    return int(row[0]), row[1]
 
 
 async def store_rows(
@@ -43,7 +72,8 @@ async def store_rows(
 ) -> Stored:
     """Upsert a page's clean rows, quarantine its bad ones; `remember` keeps ids for the sweep."""
     params = _params(subdomain, document_type)
-    created = changed = unrejected = dropped = 0
+    created = changed = restored = unrejected = dropped = 0
+    highest: list[int] = []  # the highest version of each statement that took some
     rejected_ids = [r.page_id for r in page.rejected if r.page_id is not None]
     if page.clean:
         async with conn.cursor().copy(query("copy_staging")) as copy:
@@ -55,9 +85,6 @@ async def store_rows(
         await conn.execute(query("upsert_documents"), params)
         if remember:
             await conn.execute(query("remember_seen"), {"job_id": job_id})
-        counts = await (await conn.execute(query("upsert_pages"), params)).fetchone()
-        assert counts is not None
-        created, changed = int(counts[0]), int(counts[1])
         unrejected = (
             await conn.execute(
                 query("unreject_stored"),
@@ -65,32 +92,49 @@ async def store_rows(
             )
         ).rowcount
     if page.rejected:
-        async with conn.cursor() as cursor:
-            await cursor.executemany(
-                query("reject_row"),
-                [
-                    {
-                        **params,
-                        "row_id": rejection.row_id,
-                        "reason": rejection.reason,
-                        "raw": rejection.raw,
-                        "job_id": job_id,
-                        "content_fp": rejection.content_fp,
-                        "copies": rejection.copies,
-                        "invalid_id": INVALID_ID,
-                    }
-                    for rejection in page.rejected
-                ],
-            )
+        await _reject(conn, params, job_id, page)
+    # Versions last: the lock they need is held from here to the commit.
+    await lock_versions(conn)
+    if page.clean:
+        counts = await (await conn.execute(query("upsert_pages"), params)).fetchone()
+        assert counts is not None
+        created, changed, restored = int(counts[0]), int(counts[1]), int(counts[2])
+        if created + changed + restored:  # unchanged rows spend a nextval but take no version
+            highest.append(counts[3])
+    if page.rejected:
         # A twin of a row this page stores leaves that row alone: the source holds both.
         stored_ids = {row.id for row in page.clean}
         ids = [i for i in rejected_ids if i not in stored_ids]
-        dropped = (
-            await conn.execute(query("drop_rejected_pages"), {**params, "ids": ids})
-        ).rowcount
+        dropped, version = await _remove(conn, "drop_rejected_pages", {**params, "ids": ids})
+        highest += [version] if version is not None else []
         if dropped:
             await conn.execute(query("delete_orphan_documents"), params)
-    return Stored(created, len(page.clean) - created, changed, unrejected, dropped)
+    await announce(conn, max(highest, default=None))
+    updated = len(page.clean) - created - restored
+    return Stored(created, updated, changed, unrejected, dropped, restored)
+
+
+async def _reject(
+    conn: psycopg.AsyncConnection, params: dict[str, str], job_id: int, page: PageRows
+) -> None:
+    """Quarantine a page's bad rows: one rejection per distinct raw row, its newest per id."""
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            query("reject_row"),
+            [
+                {
+                    **params,
+                    "row_id": rejection.row_id,
+                    "reason": rejection.reason,
+                    "raw": rejection.raw,
+                    "job_id": job_id,
+                    "content_fp": rejection.content_fp,
+                    "copies": rejection.copies,
+                    "invalid_id": INVALID_ID,
+                }
+                for rejection in page.rejected
+            ],
+        )
 
 
 async def seen_digest(
@@ -135,9 +179,11 @@ async def sweep(
         "buckets": buckets,
         "invalid_id": INVALID_ID,
     }
-    pages = (await conn.execute(query("sweep_unseen"), params)).rowcount
     rejections = (await conn.execute(query("sweep_rejections"), params)).rowcount
+    await lock_versions(conn)
+    pages, version = await _remove(conn, "sweep_unseen", params)
     await conn.execute(query("delete_orphan_documents"), _params(subdomain, document_type))
+    await announce(conn, version)
     return pages, rejections
 
 
@@ -159,9 +205,6 @@ async def delete(
     params = _params(subdomain, document_type)
     pages = rejections = 0
     page_ids, rejected_ids, rejected_md5s = list(page_ids), list(rejected_ids), list(rejected_md5s)
-    if page_ids:
-        pages = (await conn.execute(query("delete_pages"), {**params, "ids": page_ids})).rowcount
-        await conn.execute(query("delete_orphan_documents"), params)
     if rejected_ids or rejected_md5s:
         rejections = (
             await conn.execute(
@@ -169,7 +212,39 @@ async def delete(
                 {**params, "row_ids": rejected_ids, "raw_md5s": rejected_md5s},
             )
         ).rowcount
+    if page_ids:
+        await lock_versions(conn)
+        pages, version = await _remove(conn, "delete_pages", {**params, "ids": page_ids})
+        await conn.execute(query("delete_orphan_documents"), params)
+        await announce(conn, version)
     return pages, rejections
+
+
+async def tombstoned(
+    conn: psycopg.AsyncConnection, subdomain: str, document_type: str, ids: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Of these ids, removed pages still kept: {id: the row as the source gave it, id-hashed part}.
+
+    The id hashes kind, meeting, date, page and text, so these are what the source holds now;
+    only the columns outside the hash need fetching to bring such a page back.
+    """
+    params: dict[str, Any] = {**_params(subdomain, document_type), "ids": ids}
+    rows = await (await conn.execute(query("tombstoned"), params)).fetchall()
+    return {
+        row[0]: {
+            "id": row[0],
+            "meeting": row[1],
+            "date": row[2].isoformat(),
+            "page": row[3],
+            "text": row[4],
+        }
+        for row in rows
+    }
+
+
+async def purge_tombstones(conn: psycopg.AsyncConnection, days: float) -> int:
+    """Forget removed pages older than CIVICBAND_TOMBSTONE_DAYS; how many were purged."""
+    return (await conn.execute(query("purge_tombstones"), {"days": days})).rowcount
 
 
 async def local_digest(

@@ -9,7 +9,7 @@ short for a complete one, and fails rather than loop on a source that does not a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from civicband import datasette, digest, exact
@@ -199,10 +199,40 @@ class Reads:
         lacked; ids the source no longer has are simply not returned.
         """
         sql = digest.rows_by_id_sql(DOCUMENT_TABLES[document_type])
+
+        async def ask(wanted: list[str]) -> datasette.TablePage:
+            return await self.source.sql(subdomain, sql, ids=wanted)
+
+        async for answer in self._by_id(subdomain, ids, sql, ask):
+            yield answer
+
+    async def values_by_id(
+        self, subdomain: str, document_type: str, ids: list[str]
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+        """page_image, entities_json and votes_json of these ids, never their text (a restore)."""
+        table = DOCUMENT_TABLES[document_type]
+
+        async def ask(wanted: list[str]) -> datasette.TablePage:
+            return await self._with_columns(
+                subdomain, lambda cols: (digest.values_by_id_sql(table, cols), {}), ids=wanted
+            )
+
+        sql = digest.values_by_id_sql(table, COLUMNS)
+        async for answer in self._by_id(subdomain, ids, sql, ask):
+            yield answer
+
+    async def _by_id(
+        self,
+        subdomain: str,
+        ids: list[str],
+        sql: str,
+        ask: Callable[[list[str]], Awaitable[datasette.TablePage]],
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+        """Answers for ids in URL-sized batches; a truncated answer is asked again for the rest."""
         for batch in self._chunks(subdomain, ids, lambda part: {"ids": part}, sql=sql):
             wanted = list(batch)
             while wanted:
-                page = await self.source.sql(subdomain, sql, ids=wanted)
+                page = await ask(wanted)
                 rows = [row for row in page.rows if isinstance(row, dict)]
                 yield rows, page.unicode_checked
                 if not page.truncated:
@@ -210,7 +240,7 @@ class Reads:
                 got = {row.get("id") for row in rows}
                 left = [i for i in wanted if i not in got]
                 if len(left) == len(wanted):
-                    raise SourceError("rows answer truncated with no rows", retryable=False)
+                    raise SourceError("answer by id truncated with no rows", retryable=False)
                 wanted = left
 
     def _chunks(

@@ -40,6 +40,9 @@ CIVICBAND_SHRINK_GUARD = 0.5
 # A removal of more than this share of a (site, type)'s pages, within the guard, is warned about.
 CIVICBAND_REMOVAL_WARN_RATIO = 0.1
 CIVICBAND_PROGRESS_INTERVAL = 60.0
+# Removed pages stay in page_tombstones this many days (the feed's deletes, and pages that come
+# back without fetching their text); older ones are purged at the end of each run.
+CIVICBAND_TOMBSTONE_DAYS = 30
 # Tables the mirror holds more rows of than this have their digest taken in 16 id ranges: the
 # fingerprint reads every row, about 27 us a row from a cold disk (bench/digest.py), so one
 # query over 100,000 rows stays near 2.7 s of civic.band's 3 s limit. A query that hits the

@@ -1,7 +1,8 @@
 """The crawl's own signals (Scrapy's custom-signal idiom): notifications, never control."""
 
-# summaries=list[dict]: once, when the crawl ends however it ends, after jobs were paused
-# (empty when the database could not be read; Registry.outcomes then says what is known).
+# summaries=list[dict], purged=int|None: once, when the crawl ends however it ends, after jobs
+# were paused (empty when the database could not be read; Registry.outcomes then says what is
+# known); purged is how many tombstones past CIVICBAND_TOMBSTONE_DAYS went (None: not purged).
 jobs_closed = object()
 # request=Request, why=str|None: a request starts ("backing off", "rate limited") or stops
 # waiting in the retry middleware; the registry shows it in its job's progress.

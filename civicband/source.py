@@ -215,3 +215,9 @@ class Source:
     ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
         """Whole rows for these ids, batch by batch (Reads.rows_by_id)."""
         return self.reads.rows_by_id(subdomain, document_type, ids)
+
+    def values_by_id(
+        self, subdomain: str, document_type: str, ids: list[str]
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+        """page_image, entities_json and votes_json of these ids, never their text (a restore)."""
+        return self.reads.values_by_id(subdomain, document_type, ids)

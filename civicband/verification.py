@@ -21,6 +21,7 @@ from civicband.digest import OTHER, Difference
 from civicband.lifecycle import ActiveJob, Exhausted
 from civicband.source import Source
 from civicband.verify import Verdict, decide, with_exact
+from civicband.writer import count_changes
 
 if TYPE_CHECKING:
     from civicband.registry import Registry
@@ -162,6 +163,7 @@ class Verify:
             return Verdict("failed", source_count, local, 0, None, removed, None, refusal)
         if removed or unrejected:
             self.stats.inc_value("civicband/verify/removed", removed)
+            count_changes(self.stats, removed=removed)
             self.stats.inc_value("civicband/rows/unrejected", unrejected)
             logger.info(
                 "%s: removed %d pages and %d rejections the source no longer has",

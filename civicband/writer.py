@@ -84,6 +84,13 @@ class PageWriter:
         stats.inc_value("civicband/rows/changed", stored.changed)
         stats.inc_value("civicband/rows/unrejected", stored.unrejected)
         stats.inc_value("civicband/pages/replaced_by_rejection", stored.dropped)
+        count_changes(
+            stats,
+            created=stored.created,
+            changed=stored.changed,
+            removed=stored.dropped,
+            restored=stored.restored,
+        )
         stats.inc_value("civicband/rows/rejected", page.rejected_rows)
         stats.inc_value("civicband/rows/nul_removed", page.nul_removed)
         for rejection in page.rejected:
@@ -113,10 +120,19 @@ async def _advance(
         fetched=fetched,
         created=stored.created,
         updated=stored.updated,
+        changed=stored.changed,
+        restored=stored.restored,
         errors=page.rejected_rows,
         removed=stored.dropped,
         final=cursor_out is None,
     )
+
+
+def count_changes(stats: StatsCollector, **changes: int) -> None:
+    """The change feed's entries a job wrote, by kind: civicband/changes/<kind> (stats table)."""
+    for kind, value in changes.items():
+        if value:
+            stats.inc_value(f"civicband/changes/{kind}", value)
 
 
 def catch_up_batch(cursor: str | None) -> str:

@@ -149,6 +149,8 @@ UPDATE backfill_jobs
        pages_fetched = pages_fetched + %(fetched)s,
        pages_created = pages_created + %(created)s,
        pages_updated = pages_updated + %(updated)s,
+       pages_changed = pages_changed + %(changed)s,
+       pages_restored = pages_restored + %(restored)s,
        errors_encountered = errors_encountered + %(errors)s,
        pages_removed = pages_removed + %(removed)s,
        batches_committed = batches_committed + 1,
@@ -162,6 +164,8 @@ UPDATE backfill_jobs
    SET pages_fetched = pages_fetched + %(fetched)s,
        pages_created = pages_created + %(created)s,
        pages_updated = pages_updated + %(updated)s,
+       pages_changed = pages_changed + %(changed)s,
+       pages_restored = pages_restored + %(restored)s,
        errors_encountered = errors_encountered + %(errors)s,
        pages_removed = pages_removed + %(removed)s,
        modified = now()
@@ -208,7 +212,7 @@ SELECT u.id FROM unnest(%(job_ids)s::bigint[], %(tokens)s::bigint[]) AS u (id, t
 
 -- name: job_summaries
 SELECT id, subdomain, document_type, mode, status, pages_created, pages_updated,
-       errors_encountered, pages_removed, verify_status, last_error
+       pages_changed, pages_restored, errors_encountered, pages_removed, verify_status, last_error
   FROM backfill_jobs WHERE id = ANY(%(job_ids)s) ORDER BY subdomain, document_type, id
 
 -- ---- the mirror's pages (civicband/mirror.py) -----------------------------------------------------
@@ -238,13 +242,19 @@ SELECT DISTINCT %(subdomain)s::text, %(document_type)s::text, meeting_name, meet
 ON CONFLICT (subdomain, document_type, meeting_name, meeting_date) DO NOTHING
 
 -- name: upsert_pages
--- Unchanged rows are not rewritten; created = rows whose insert did not conflict.
+-- Unchanged rows are not rewritten and keep their version; a written row takes a new one (run
+-- under lock_versions). A row whose id has a tombstone comes back from it with its first-seen
+-- time: restored, not created. (An unchanged row's nextval is spent unused: a gap, no version.)
 WITH written AS (
     INSERT INTO meeting_pages AS p (subdomain, document_type, id, document_id, page_number, text,
-                                    page_image, entities_json, votes_json, content_fp)
+                                    page_image, entities_json, votes_json, content_fp, version,
+                                    created)
     SELECT %(subdomain)s::text, %(document_type)s::text, s.id, d.id, s.page_number, s.text, s.page_image,
-           s.entities_json, s.votes_json, s.content_fp
+           s.entities_json, s.votes_json, s.content_fp, nextval('meeting_page_versions'),
+           coalesce(t.created, now())
     FROM civicband_staging s
+    LEFT JOIN page_tombstones t
+      ON t.subdomain = %(subdomain)s AND t.document_type = %(document_type)s AND t.id = s.id
     -- One index probe per staging row (OFFSET 0 keeps the subquery from being flattened into a
     -- join): a hash join would read every document of the site for each page, a cost that
     -- grows with the site.
@@ -258,16 +268,23 @@ WITH written AS (
        SET document_id = EXCLUDED.document_id, page_number = EXCLUDED.page_number,
            text = EXCLUDED.text, page_image = EXCLUDED.page_image,
            entities_json = EXCLUDED.entities_json, votes_json = EXCLUDED.votes_json,
-           content_fp = EXCLUDED.content_fp, modified = now()
+           content_fp = EXCLUDED.content_fp, version = EXCLUDED.version, modified = now()
      WHERE (p.document_id, p.page_number, p.text, p.page_image, p.entities_json, p.votes_json,
             p.content_fp)
            IS DISTINCT FROM (EXCLUDED.document_id, EXCLUDED.page_number, EXCLUDED.text,
                              EXCLUDED.page_image, EXCLUDED.entities_json, EXCLUDED.votes_json,
                              EXCLUDED.content_fp)
-    RETURNING (xmax = 0) AS created
+    RETURNING (xmax = 0) AS created, p.id, p.version
+), back AS (
+    DELETE FROM page_tombstones t USING civicband_staging s
+     WHERE t.subdomain = %(subdomain)s AND t.document_type = %(document_type)s AND t.id = s.id
+    RETURNING t.id
 )
-SELECT count(*) FILTER (WHERE created) AS created, count(*) FILTER (WHERE NOT created) AS changed
-FROM written
+SELECT count(*) FILTER (WHERE w.created AND b.id IS NULL) AS created,
+       count(*) FILTER (WHERE NOT w.created) AS changed,
+       count(*) FILTER (WHERE w.created AND b.id IS NOT NULL) AS restored,
+       max(w.version) AS version
+FROM written w LEFT JOIN back b ON b.id = w.id
 
 -- name: delete_orphan_documents
 -- Documents whose pages all moved away (their meeting or date changed at the source).
@@ -284,9 +301,29 @@ DELETE FROM rejected_rows r USING civicband_staging s
 
 -- name: drop_rejected_pages
 -- A row rejected now replaces the page its id had: the source holds that content no more.
-DELETE FROM meeting_pages
- WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
-   AND id = ANY(%(ids)s::text[])
+-- Like every removal, the page becomes a tombstone with a new version (run under lock_versions).
+WITH gone AS (
+    DELETE FROM meeting_pages
+     WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+       AND id = ANY(%(ids)s::text[])
+    RETURNING *
+), stoned AS (
+    INSERT INTO page_tombstones AS t (subdomain, document_type, id, version, removed, created,
+                                      meeting_name, meeting_date, page_number, text, page_image,
+                                      entities_json, votes_json, content_fp)
+    SELECT g.subdomain, g.document_type, g.id, nextval('meeting_page_versions'), now(),
+           g.created, d.meeting_name, d.meeting_date, g.page_number, g.text, g.page_image,
+           g.entities_json, g.votes_json, g.content_fp
+      FROM gone g JOIN meeting_documents d ON d.id = g.document_id
+    ON CONFLICT (subdomain, document_type, id) DO UPDATE
+       SET version = EXCLUDED.version, removed = EXCLUDED.removed, created = EXCLUDED.created,
+           meeting_name = EXCLUDED.meeting_name, meeting_date = EXCLUDED.meeting_date,
+           page_number = EXCLUDED.page_number, text = EXCLUDED.text,
+           page_image = EXCLUDED.page_image, entities_json = EXCLUDED.entities_json,
+           votes_json = EXCLUDED.votes_json, content_fp = EXCLUDED.content_fp
+    RETURNING t.version
+)
+SELECT count(*) AS removed, max(version) AS version FROM stoned
 
 -- name: reject_row
 -- The same bad row met again is one rejection; an id has one rejection, its newest.
@@ -338,10 +375,30 @@ SELECT (SELECT count(*) FROM meeting_pages
 -- name: sweep_unseen
 -- After a complete pass: pages of the buckets it saw whole that it did not see (sites are
 -- rebuilt from scratch). A bucket it saw short keeps every page: that proves no absence.
-DELETE FROM meeting_pages p
-WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
-  AND p.id ~ '^[0-9a-f]{12}$' AND substr(p.id, 1, 2) = ANY(%(buckets)s::text[])
-  AND NOT EXISTS (SELECT 1 FROM job_seen_ids s WHERE s.job_id = %(job_id)s AND s.id = p.id)
+-- Removed pages become tombstones with new versions (run under lock_versions).
+WITH gone AS (
+    DELETE FROM meeting_pages p
+    WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
+      AND p.id ~ '^[0-9a-f]{12}$' AND substr(p.id, 1, 2) = ANY(%(buckets)s::text[])
+      AND NOT EXISTS (SELECT 1 FROM job_seen_ids s WHERE s.job_id = %(job_id)s AND s.id = p.id)
+    RETURNING p.*
+), stoned AS (
+    INSERT INTO page_tombstones AS t (subdomain, document_type, id, version, removed, created,
+                                      meeting_name, meeting_date, page_number, text, page_image,
+                                      entities_json, votes_json, content_fp)
+    SELECT g.subdomain, g.document_type, g.id, nextval('meeting_page_versions'), now(),
+           g.created, d.meeting_name, d.meeting_date, g.page_number, g.text, g.page_image,
+           g.entities_json, g.votes_json, g.content_fp
+      FROM gone g JOIN meeting_documents d ON d.id = g.document_id
+    ON CONFLICT (subdomain, document_type, id) DO UPDATE
+       SET version = EXCLUDED.version, removed = EXCLUDED.removed, created = EXCLUDED.created,
+           meeting_name = EXCLUDED.meeting_name, meeting_date = EXCLUDED.meeting_date,
+           page_number = EXCLUDED.page_number, text = EXCLUDED.text,
+           page_image = EXCLUDED.page_image, entities_json = EXCLUDED.entities_json,
+           votes_json = EXCLUDED.votes_json, content_fp = EXCLUDED.content_fp
+    RETURNING t.version
+)
+SELECT count(*) AS removed, max(version) AS version FROM stoned
 
 -- name: sweep_rejections
 -- After a complete pass: rejections of the buckets it saw whole that it did not meet again.
@@ -426,8 +483,73 @@ SELECT count(*) FROM meeting_pages
    AND id ~ '^[0-9a-f]{12}$'
 
 -- name: delete_pages
-DELETE FROM meeting_pages
-WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s AND id = ANY(%(ids)s)
+-- Pages a complete listing lacks become tombstones with new versions (run under lock_versions).
+WITH gone AS (
+    DELETE FROM meeting_pages
+    WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s AND id = ANY(%(ids)s)
+    RETURNING *
+), stoned AS (
+    INSERT INTO page_tombstones AS t (subdomain, document_type, id, version, removed, created,
+                                      meeting_name, meeting_date, page_number, text, page_image,
+                                      entities_json, votes_json, content_fp)
+    SELECT g.subdomain, g.document_type, g.id, nextval('meeting_page_versions'), now(),
+           g.created, d.meeting_name, d.meeting_date, g.page_number, g.text, g.page_image,
+           g.entities_json, g.votes_json, g.content_fp
+      FROM gone g JOIN meeting_documents d ON d.id = g.document_id
+    ON CONFLICT (subdomain, document_type, id) DO UPDATE
+       SET version = EXCLUDED.version, removed = EXCLUDED.removed, created = EXCLUDED.created,
+           meeting_name = EXCLUDED.meeting_name, meeting_date = EXCLUDED.meeting_date,
+           page_number = EXCLUDED.page_number, text = EXCLUDED.text,
+           page_image = EXCLUDED.page_image, entities_json = EXCLUDED.entities_json,
+           votes_json = EXCLUDED.votes_json, content_fp = EXCLUDED.content_fp
+    RETURNING t.version
+)
+SELECT count(*) AS removed, max(version) AS version FROM stoned
+
+-- ---- the change feed (civicband/mirror.py, civicband/commands/changes.py) ------------------------
+
+-- name: lock_versions
+-- Held until commit by every transaction that takes versions, taken right before its first
+-- version-taking statement: versions are then handed out in commit order, so a snapshot that
+-- sees version V sees every lower one (a reader never skips a change committed late).
+SELECT pg_advisory_xact_lock(%(class)s, 0)
+
+-- name: notify_changes
+-- Delivered at commit, only if the transaction commits: the highest version it took.
+SELECT pg_notify('civicband_changes', %(version)s::text)
+
+-- name: tombstoned
+-- Of these ids, those removed pages the mirror still holds as tombstones: their text is known.
+SELECT id, meeting_name, meeting_date, page_number, text FROM page_tombstones
+ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+   AND id = ANY(%(ids)s::text[])
+
+-- name: purge_tombstones
+-- Tombstones past CIVICBAND_TOMBSTONE_DAYS: consumers had that long to read the removal.
+DELETE FROM page_tombstones WHERE removed < now() - %(days)s::float8 * interval '1 day'
+
+-- name: changes
+-- `scrapy changes`: every page whose newest change is above a version, in version order; the
+-- two index scans on version merge, so a server-side cursor streams them in constant memory.
+SELECT * FROM (
+    SELECT p.version, 'upsert' AS op, p.subdomain, p.document_type, p.id,
+           d.meeting_name AS meeting, d.meeting_date AS date, p.page_number AS page, p.text,
+           p.page_image, p.entities_json, p.votes_json, p.created AS first_seen,
+           p.modified AS changed, NULL::timestamptz AS removed
+      FROM meeting_pages p JOIN meeting_documents d ON d.id = p.document_id
+     WHERE p.version > %(since)s::bigint
+       AND (%(subdomain)s::text IS NULL OR p.subdomain = %(subdomain)s::text)
+       AND (%(document_type)s::text IS NULL OR p.document_type = %(document_type)s::text)
+    UNION ALL
+    SELECT t.version, 'delete', t.subdomain, t.document_type, t.id, NULL, NULL, NULL, NULL,
+           NULL, NULL, NULL, NULL, NULL, t.removed
+      FROM page_tombstones t
+     WHERE t.version > %(since)s::bigint
+       AND (%(subdomain)s::text IS NULL OR t.subdomain = %(subdomain)s::text)
+       AND (%(document_type)s::text IS NULL OR t.document_type = %(document_type)s::text)
+) feed
+ORDER BY version
+LIMIT %(limit)s::bigint
 
 -- name: delete_rejections
 DELETE FROM rejected_rows
@@ -480,8 +602,8 @@ ORDER BY subdomain
 
 -- name: list_jobs
 -- `scrapy jobs`: newest first, each filter applied only when given.
-SELECT id, subdomain, document_type, mode, status, pages_created, pages_updated, pages_removed,
-       errors_encountered, expected_count, actual_count, stale_count, verify_status,
+SELECT id, subdomain, document_type, mode, status, pages_created, pages_updated, pages_changed,
+       pages_restored, pages_removed, errors_encountered, expected_count, actual_count, stale_count, verify_status,
        verify_method, verified_at, created, modified, last_error
 FROM backfill_jobs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)

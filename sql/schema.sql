@@ -43,9 +43,38 @@ CREATE TABLE meeting_pages (
     modified      timestamptz NOT NULL DEFAULT now(),
     -- what the source's SQLite computes from page_image, entities_json, votes_json (digest.py)
     content_fp    bigint NOT NULL DEFAULT 0,
+    -- the change feed (0007): the page's newest change, from meeting_page_versions
+    version       bigint NOT NULL,
     PRIMARY KEY (subdomain, document_type, id)
 );
 CREATE INDEX meeting_pages_document_id_idx ON meeting_pages (document_id);
+
+-- One sequence for every change to a page of the mirror (created, changed, removed, restored).
+-- Taken only under the versions lock (civicband/mirror.py), so versions follow commit order.
+CREATE SEQUENCE meeting_page_versions;
+CREATE INDEX meeting_pages_version_idx ON meeting_pages (version);
+
+-- Removed pages, with their content: the feed's deletes, and what a page that comes back is
+-- restored from (first-seen time kept, no text fetched). Purged after CIVICBAND_TOMBSTONE_DAYS.
+CREATE TABLE page_tombstones (
+    subdomain     text NOT NULL,
+    document_type text NOT NULL CHECK (document_type IN ('agenda', 'minutes')),
+    id            text NOT NULL,
+    version       bigint NOT NULL,
+    removed       timestamptz NOT NULL DEFAULT now(),
+    created       timestamptz NOT NULL,
+    meeting_name  text NOT NULL,
+    meeting_date  date NOT NULL,
+    page_number   integer,
+    text          text,
+    page_image    text,
+    entities_json text,
+    votes_json    text,
+    content_fp    bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (subdomain, document_type, id)
+);
+CREATE INDEX page_tombstones_version_idx ON page_tombstones (version);
+CREATE INDEX page_tombstones_removed_idx ON page_tombstones (removed);
 
 -- A run: the (site, type) work one set of arguments asked for, shared by every process started
 -- with those arguments while one of them is alive (its processes hold a shared advisory lock).
@@ -90,7 +119,9 @@ CREATE TABLE backfill_jobs (
     stale_count        bigint,
     pages_removed      bigint NOT NULL DEFAULT 0,
     claimed_at         timestamptz,
-    verify_method      text CHECK (verify_method IN ('digest', 'exact'))
+    verify_method      text CHECK (verify_method IN ('digest', 'exact')),
+    pages_changed      bigint NOT NULL DEFAULT 0,
+    pages_restored     bigint NOT NULL DEFAULT 0
 );
 -- At most one open (pending or running) job per (site, type).
 CREATE UNIQUE INDEX backfill_jobs_one_open_idx

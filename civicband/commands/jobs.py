@@ -21,7 +21,8 @@ from civicband.extensions.outcome import EXIT_BAD_INPUT
 
 STATUSES = ("pending", "running", "completed", "failed", "paused")
 DOCUMENT_TYPES = ("agenda", "minutes")
-# SPEC §2's columns, plus the job's mode (full, catchup or verify), the pages it removed,
+# SPEC §2's columns, plus the job's mode (full, catchup or verify), the pages it changed,
+# restored (back from their tombstones) and removed,
 # verify_status (why a job passed, warned or failed verification), stale_count (pages out of
 # date) and verify_method (digest, or exact: which check judged it).
 COLUMNS = (
@@ -32,6 +33,8 @@ COLUMNS = (
     "status",
     "pages_created",
     "pages_updated",
+    "pages_changed",
+    "pages_restored",
     "pages_removed",
     "errors_encountered",
     "expected_count",
@@ -48,6 +51,8 @@ NUMERIC = {
     "id",
     "pages_created",
     "pages_updated",
+    "pages_changed",
+    "pages_restored",
     "pages_removed",
     "errors_encountered",
     "expected_count",

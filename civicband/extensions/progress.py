@@ -70,7 +70,8 @@ def summary_line(row: dict[str, Any]) -> str:
     """One job's end in one line: status, counters, verification, and why it failed."""
     line = (
         f"{row['subdomain']}/{row['document_type']} job {row['id']} ({row['mode']}):"
-        f" {row['status']}; created {row['pages_created']}, updated {row['pages_updated']},"
+        f" {row['status']}; created {row['pages_created']}, updated {row['pages_updated']}"
+        f" (changed {row['pages_changed']}), restored {row['pages_restored']},"
         f" rejected {row['errors_encountered']}, removed {row['pages_removed']};"
         f" verification {row['verify_status'] or 'not done'}"
     )
@@ -124,7 +125,7 @@ class Progress:
             for progress in self.snapshot():
                 logger.info("Progress: %s", progress_line(progress))
 
-    def jobs_closed(self, summaries: list[dict[str, Any]]) -> None:
+    def jobs_closed(self, summaries: list[dict[str, Any]], purged: int | None = None) -> None:
         """Keep the summary for the very end, after Scrapy's stats dump."""
         if self.task is not None:
             self.task.cancel()
@@ -142,6 +143,9 @@ class Progress:
             f"{site}: not crawled: {error}"
             for site, error in sorted(registry.site_failures.items())
         ]
+        if purged:  # said when some went (the stat civicband/tombstones/purged says 0 too)
+            days = self.crawler.settings.getfloat("CIVICBAND_TOMBSTONE_DAYS")
+            lines.append(f"tombstones: purged {purged} removed more than {days:g} days ago")
         self.summary = lines
 
     def engine_stopped(self) -> None:

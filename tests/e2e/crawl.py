@@ -25,7 +25,8 @@ SECRET = "test-secret-do-not-log"
 TABLES = {"agenda": "agendas", "minutes": "minutes"}
 COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
 TEXT_COLUMNS = ("meeting", "text", "page_image", "entities_json", "votes_json")
-# The columns `scrapy jobs --json` lists, in order (SPEC §2 plus mode and pages_removed).
+# The columns `scrapy jobs --json` lists, in order (SPEC §2 plus mode, pages_changed,
+# pages_restored and pages_removed).
 JOB_KEYS = [
     "id",
     "subdomain",
@@ -34,6 +35,8 @@ JOB_KEYS = [
     "status",
     "pages_created",
     "pages_updated",
+    "pages_changed",
+    "pages_restored",
     "pages_removed",
     "errors_encountered",
     "expected_count",

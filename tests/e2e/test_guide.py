@@ -90,6 +90,7 @@ STORIES = {
         "backfill-one",
         "backfill-all",
         "catch-up",
+        "changes",
         "full",
         "jobs",
         "stats-file",
@@ -563,6 +564,22 @@ def test_first_run(guide: Guide):
     assert page_requests(guide.source) == [], "a catch-up pages through nothing"
     quiet = [r for r in guide.source.requests() if r["path"].startswith("/berkeley.ca/")]
     assert len(quiet) == 2 and all(is_digest(r) for r in quiet), quiet  # one per table
+
+    # The feed from 0: every page the mirror holds once, and the five removed pages.
+    read = guide.run("changes")
+    assert read.returncode == 0, read
+    lines = [json.loads(x) for x in (guide.cwd / "changes.jsonl").read_text().splitlines()]
+    held = fetch(guide.database_url, "SELECT subdomain, document_type, id FROM meeting_pages")
+    upserts = [(x["subdomain"], x["document_type"], x["id"]) for x in lines if x["op"] == "upsert"]
+    assert sorted(upserts) == sorted(tuple(r.values()) for r in held)
+    assert {x["id"] for x in lines if x["op"] == "delete"} == set(ids[:5])
+    versions = [x["version"] for x in lines]
+    assert versions == sorted(set(versions))
+    assert (guide.cwd / "last-version").read_text() == f"{versions[-1]}\n"
+    again = guide.run("changes")
+    assert again.returncode == 0, again
+    assert (guide.cwd / "changes.jsonl").read_text() == ""
+    assert (guide.cwd / "last-version").read_text() == f"{versions[-1]}\n"
 
     full = guide.run("full")
     assert full.returncode == 0, full

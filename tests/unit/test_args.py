@@ -72,3 +72,13 @@ def test_arguments_deployment_tools_add_are_accepted():
 def test_numeric_settings_refuse_what_is_not_a_finite_number(raw):
     with pytest.raises(ArgumentError, match=r"^CIVICBAND_DB_TIMEOUT: expected a number"):
         check_number_settings({"CIVICBAND_DB_TIMEOUT": raw}, ["CIVICBAND_DB_TIMEOUT"])
+
+
+@pytest.mark.parametrize(("raw", "ok"), [("30", True), ("0", True), ("0.5", True), ("-1", False)])
+def test_tombstone_days_is_a_number_from_zero_up(raw, ok):
+    settings = {"CIVICBAND_TOMBSTONE_DAYS": raw}
+    if ok:
+        check_number_settings(settings, ["CIVICBAND_TOMBSTONE_DAYS"])
+        return
+    with pytest.raises(ArgumentError, match=r"^CIVICBAND_TOMBSTONE_DAYS: expected a number from 0"):
+        check_number_settings(settings, ["CIVICBAND_TOMBSTONE_DAYS"])

@@ -41,6 +41,7 @@ from civicband.digest import (
     rows_by_id_sql,
     seen_whole,
     value_fp,
+    values_by_id_sql,
 )
 from civicband.reads import MAX_SPLIT_DEPTH
 
@@ -561,6 +562,20 @@ def test_rows_by_id_keeps_all_digit_ids_as_text():
     conn = table(rows)
     got = query(conn, rows_by_id_sql("agendas"), {"ids": ["004351235980", "abcdef012345"]})
     assert sorted(r["id"] for r in got) == ["004351235980", "abcdef012345"]
+
+
+def test_values_by_id_selects_the_unhashed_columns_never_the_text_and_nulls_what_a_site_lacks():
+    rows = make_rows(["004351235980", "4351235980", "abcdef012345"])
+    wanted = {"ids": ["004351235980", "abcdef012345"]}
+    got = query(table(rows), values_by_id_sql("agendas", COLUMNS), wanted)
+    assert [sorted(r) for r in got] == [["entities_json", "id", "page_image", "votes_json"]] * 2
+    by_id = {r["id"]: r for r in rows}
+    for row in got:
+        assert row == {k: by_id[row["id"]][k] for k in row}
+    assert "text" not in values_by_id_sql("agendas", COLUMNS)
+    legacy = LEGACY_COLUMNS
+    old = query(table(rows, legacy), values_by_id_sql("agendas", legacy), wanted)
+    assert {(r["entities_json"], r["votes_json"]) for r in old} == {(None, None)}
 
 
 # ---- read_digest ---------------------------------------------------------------------------------
