@@ -18,12 +18,12 @@ from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.exceptions import DontCloseSpider, IgnoreRequest
 from scrapy.http import Response
-from scrapy.settings import BaseSettings
+from scrapy.settings import SETTINGS_PRIORITIES, BaseSettings
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
 from civicband import datasette
-from civicband.args import ArgumentError, SpiderArguments, parse_arguments, parse_batch_size
+from civicband.args import SpiderArguments, parse_arguments, parse_batch_size
 from civicband.config import check_settings
 from civicband.db import DatabaseError, one_line
 from civicband.items import PageItem
@@ -62,23 +62,18 @@ class CivicbandSpider(StoreSpider):
         """The project's settings, plus this spider's own components."""
         super().update_settings(settings)
         for name, component, priority in cls.components:
-            # At spider priority, as custom_settings are: the runner merges its own settings
-            # into the crawler's later, and a project-priority dict would be taken for its own.
+            # Merged into the dict as it stands (a user's -s EXTENSIONS=... included), at spider
+            # priority at least: the runner merges its own settings into the crawler's later,
+            # and would take a project-priority dict for its own.
             merged = {**settings.getdict(name), component: priority}
-            settings.set(name, merged, priority="spider")
+            at = max(settings.getpriority(name) or 0, SETTINGS_PRIORITIES["spider"])
+            settings.set(name, merged, priority=at)
 
     @staticmethod
     def check_arguments(kwargs: dict[str, Any], settings: BaseSettings) -> SpiderArguments:
         """Validate arguments and settings before any request; one line naming what is wrong."""
         arguments = parse_arguments(kwargs)
         check_settings(settings)
-        for name, component, _ in CivicbandSpider.components:
-            enabled = settings.getwithbase(name).items()
-            if component not in {_path(c) for c, order in enabled if order is not None}:
-                raise ArgumentError(
-                    f"{name}: the civicband spider needs {component} (a -s {name}=... replaced"
-                    " the components the spider adds: name it there too)"
-                )
         return arguments
 
     @classmethod
@@ -260,13 +255,6 @@ class CivicbandSpider(StoreSpider):
             status = failure.value.response.status
             exhausted = status >= 500 or status == 429 or bool(request.meta.get(RETRIES_EXHAUSTED))
         await self.registry.fail(job, _describe(failure, request), retries_exhausted=exhausted)
-
-
-def _path(component: Any) -> str:
-    """A component's import path, whether the setting names it by path or by class."""
-    if isinstance(component, str):
-        return component
-    return f"{component.__module__}.{component.__qualname__}"
 
 
 def _describe(failure: Failure, request: Request) -> str:

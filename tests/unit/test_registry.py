@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 from scrapy import Request, Spider
+from scrapy.crawler import Crawler
 from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.settings import Settings
 from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.conf import build_component_list
 from scrapy.utils.test import get_crawler
@@ -242,3 +244,15 @@ def test_http_error_is_an_ignore_request():
     # So the spider's errback, which ignores IgnoreRequest (a dropped request), must check
     # HttpError first: an HTTP error answer is a failure, not a drop.
     assert issubclass(HttpError, IgnoreRequest)
+
+
+def test_extensions_given_on_the_command_line_keep_the_spiders_own_components():
+    # -s EXTENSIONS='{...}' outranks the spider's settings: its components are merged into it.
+    values = {name: getattr(project, name) for name in dir(project) if name.isupper()}
+    settings = Settings(values)
+    mine = {"civicband.store.Store": 0, "civicband.source.Source": 1, "my.Extension": 900}
+    settings.set("EXTENSIONS", mine, priority="cmdline")
+    extensions = {
+        _path(c) for c in Crawler(CivicbandSpider, settings).settings.getdict("EXTENSIONS")
+    }
+    assert {"my.Extension", "civicband.registry.Registry", "civicband.store.Store"} <= extensions
