@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request
+from scrapy.statscollectors import StatsCollector
 
 from civicband import db, jobs, mirror
 from civicband import signals as civicband_signals
@@ -22,6 +23,7 @@ from civicband.runs import RunQueue
 
 if TYPE_CHECKING:
     from civicband.registry import Registry
+    from civicband.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -261,20 +263,21 @@ class Claims:
         purged = None
         if registry.store.is_open and not registry.database_down:
             summaries = await self._pause_and_summarise(held)
-            purged = await self._purge_tombstones()
+            purged = await purge_tombstones(registry.store, self.stats, self.crawler.settings)
         self.crawler.signals.send_catch_log(
             civicband_signals.jobs_closed, summaries=summaries, purged=purged
         )
 
-    async def _purge_tombstones(self) -> int | None:
-        """Once per crawl: forget removed pages kept longer than CIVICBAND_TOMBSTONE_DAYS."""
-        days = self.crawler.settings.getfloat("CIVICBAND_TOMBSTONE_DAYS")
-        try:
-            purged = await self.registry.store.transact(
-                lambda conn: mirror.purge_tombstones(conn, days), "purging tombstones"
-            )
-        except db.DatabaseError as error:
-            logger.error("Could not purge old tombstones: %s", error)
-            return None
-        self.stats.set_value("civicband/tombstones/purged", purged)
-        return purged
+
+async def purge_tombstones(store: Store, stats: StatsCollector, settings: Any) -> int | None:
+    """Once per crawl: forget removed pages kept longer than CIVICBAND_TOMBSTONE_DAYS."""
+    days = settings.getfloat("CIVICBAND_TOMBSTONE_DAYS")
+    try:
+        purged = await store.transact(
+            lambda conn: mirror.purge_tombstones(conn, days), "purging tombstones"
+        )
+    except db.DatabaseError as error:
+        logger.error("Could not purge old tombstones: %s", error)
+        return None
+    stats.set_value("civicband/tombstones/purged", purged)
+    return purged

@@ -81,18 +81,9 @@ class Registry:
 
     # ---- a job's life ----------------------------------------------------------------------
 
-    def add(
-        self,
-        claim: jobs.Claim,
-        run_id: int,
-        *,
-        allow_shrink: bool,
-        repair: bool,
-        exact: bool = False,
-    ) -> ActiveJob:
-        """A job this process has just claimed: it is the registry's from now on."""
-        options = {"allow_shrink": allow_shrink, "repair": repair, "exact": exact}
-        job = ActiveJob(claim, run_id, options)
+    def add(self, claim: jobs.Claim, run_id: int, **options: bool) -> ActiveJob:
+        """A job this process has just claimed (options: allow_shrink, repair, exact)."""
+        job = ActiveJob(claim, run_id, {"exact": False, **options})
         self.jobs[job.job_id] = job
         self.touched[job.job_id] = (job.subdomain, job.document_type)
         return job
