@@ -139,7 +139,8 @@ def _chained(digits: str) -> int:
             found = digits.find(pattern, at)
             at = found + 1 if found >= 0 else _NOT_FOUND
             start = at - 1 + len(pattern)
-            total += weight * (_leading_int(digits[start : start + width]) if width else at % _NOT_FOUND)
+            read = _leading_int(digits[start : start + width]) if width else at % _NOT_FOUND
+            total += weight * read
     tail = digits[-_TAIL:].replace("D", "").replace("E", "").replace("F", "")
     for k, weight in enumerate(_TAIL_WEIGHTS):
         total += weight * (_leading_int(tail[18 * k : 18 * k + 18]) % MODULUS)

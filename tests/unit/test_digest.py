@@ -42,6 +42,7 @@ from civicband.digest import (
     seen_whole,
     value_fp,
 )
+from civicband.settings import URLLENGTH_LIMIT
 from civicband.source import MAX_SPLIT_DEPTH
 
 COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
@@ -654,7 +655,7 @@ def test_the_longest_digest_url_fits_urllength_limit_as_scrapy_sends_it(depth):
         sql, params = digest_sql("minutes", COLUMNS, id_range)
         url = sql_url(root, dialect, sql, **params)
         assert Request(url).url == url  # Scrapy sends it as built: the length check holds
-        assert len(url) <= 2083, len(url)
+        assert len(url) <= URLLENGTH_LIMIT, len(url)
 
 
 def test_a_bucket_is_seen_whole_only_when_its_ids_are_the_sources():
