@@ -18,9 +18,12 @@ that really happen and measured by bench/fingerprint.py: over the hex digits of 
 joined, the count of each hex digit (so any byte corrected at the same length, a case or a
 `\\uXXXX` escape, changes a count) and where the first of each decimal digit and of the votes
 `nay"` and `aye"` stand (so a tally or a vote moved without changing any count changes a
-position), plus each value's length; modulo a prime, times a factor from the id, so two rows
-exchanging values change their bucket's sum. Hex digits are the same bytes on every side: text
-with NUL, invalid UTF-8 and BLOBs included.
+position), chains of later occurrences (where the first 8 `nay"` stand, the number after each
+of the first 3 `nays": `, the digits of the first 8 `\\uXXXX` escapes) and the last 18 bytes read
+as numbers (page_image's date and page: a reordering of bytes that are not the first of their
+kind changes one of these), plus each value's length; modulo a prime, times a factor from the
+id, so two rows exchanging values change their bucket's sum. Hex digits are the same bytes on
+every side: text with NUL, invalid UTF-8 and BLOBs included.
 """
 
 from __future__ import annotations
