@@ -44,10 +44,10 @@ CIVICBAND_SHRINK_GUARD = 0.5
 CIVICBAND_REMOVAL_WARN_RATIO = 0.1
 CIVICBAND_PROGRESS_INTERVAL = 60.0
 # Tables the mirror holds more rows of than this have their digest taken in 16 id ranges: the
-# fingerprint reads every row, about 27 us a row from a cold disk (bench/digest.py), so one
-# query over 100,000 rows stays near 2.7 s of civic.band's 3 s limit. A query that hits the
-# limit anyway is split in 16 once more.
-CIVICBAND_DIGEST_SPLIT_ROWS = 100_000
+# fingerprint reads every row and follows its chains, about twice fingerprint 2's 20 us a row
+# warm and 27 us cold (bench/digest.py), so one query over 50,000 rows stays within civic.band's
+# 3 s limit. A query that hits the limit anyway is split in 16 once more.
+CIVICBAND_DIGEST_SPLIT_ROWS = 50_000
 # Spidermon's rejected-rows monitor fails past this many rows rejected in one crawl.
 CIVICBAND_MONITOR_MAX_REJECTED = 0
 # Where the final stats go as JSON (empty: nowhere).
