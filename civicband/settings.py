@@ -35,7 +35,7 @@ CIVICBAND_VERIFY_MAX_MISSING_ROWS = 100
 # Jobs one process holds at once (and so advisory locks): enough to keep the shared slot's 8
 # concurrent requests busy with one page per job in flight; it claims more as they end.
 CIVICBAND_MAX_ACTIVE_JOBS = 8
-# Longest request URL: the digest and listing SQL carry the fingerprint (about 5,000 characters
+# Longest request URL: the digest and listing SQL carry the fingerprint (about 4,500 characters
 # encoded); civic.band's look-alike answers 414 past 8,190 (SPEC §1: stay within 8 KB).
 URLLENGTH_LIMIT = 8000
 # A (site, type) whose source holds fewer than this share of the mirror's rows is not swept.
