@@ -4,9 +4,11 @@ A model of clerk's values (civicband/clerk's extraction: entities_json with pers
 locations and their confidence; votes_json with motions, tallies, individual votes and raw text;
 page_image paths), written as clerk writes them (json.dumps, ensure_ascii). For each change class
 a bucket of rows is fingerprinted before and after one change; a miss is a bucket whose sum of
-fingerprints did not change. OLD is the fingerprint before this change (civicband 4 samples,
-4 vowel counts, no id); NEW is civicband.digest.content_fp. A sample of the NEW one is checked
-against SQLite itself (digest_sql on an in-memory table): the figures are what the source sees.
+fingerprints did not change. v1 is the fingerprint before issue 17 (civicband 4 samples,
+4 vowel counts, no id); v2 is issue 17's (hex-digit counts and first positions, tied to the
+id); NEW is civicband.digest.content_fp (v2 plus chains of later occurrences and the tail). A
+sample of the NEW one is checked against SQLite itself (digest_sql on an in-memory table): the
+figures are what the source sees.
 
     uv run python bench/fingerprint.py --trials 100000
 """
@@ -63,6 +65,17 @@ def old_text_fp(value: Any) -> int:
 def old_content_fp(row: Mapping[str, Any]) -> int:
     """The previous fingerprint of a row: no id in it."""
     return sum(w * old_text_fp(row.get(column)) for column, w in _OLD_WEIGHTS)
+
+
+def v2_content_fp(row: Mapping[str, Any]) -> int:
+    """The fingerprint of issue 17 (counts and firsts): the new one less its chains and tail."""
+    joined = b"".join(
+        stored[1]
+        for column, _ in digest.CONTENT_COLUMNS
+        if (stored := digest._sqlite_value(row.get(column))) is not None
+    )
+    values = digest.value_fp(row) - digest._chained(joined.hex().upper())
+    return values % digest.MODULUS * digest.id_factor(row.get("id")) % digest.MODULUS
 
 
 # ---- clerk-shaped values -------------------------------------------------------------------------
@@ -292,6 +305,39 @@ def image_changed(rng: random.Random, rows: list[dict[str, Any]]) -> bool:
     return False
 
 
+def later_motion_votes_exchanged(rng: random.Random, rows: list[dict[str, Any]]) -> bool:
+    """Two members' votes exchanged in the second or a later motion of a row."""
+    found = _motions(rng, rows)
+    if found is None:
+        return False
+    target, parsed = found
+    if len(parsed["votes"]) < 2:
+        return False
+    before = target["votes_json"]
+    members = rng.choice(parsed["votes"][1:])["individual_votes"]
+    pairs = [(a, b) for a in members for b in members if a is not b and a["vote"] != b["vote"]]
+    pairs = [(a, b) for a, b in pairs if len(a["vote"]) == len(b["vote"])]
+    if not pairs:
+        return False
+    a, b = rng.choice(pairs)
+    a["vote"], b["vote"] = b["vote"], a["vote"]
+    return _store(target, parsed, before)
+
+
+def tally_reversed(rng: random.Random, rows: list[dict[str, Any]]) -> bool:
+    """A tally one apart read the other way round: 5-4 becomes 4-5."""
+    found = _motions(rng, rows)
+    if found is None:
+        return False
+    target, parsed = found
+    before = target["votes_json"]
+    tally = rng.choice(parsed["votes"])["tally"]
+    if tally["ayes"] - tally["nays"] != 1 or tally["ayes"] > 9:
+        return False
+    tally["ayes"], tally["nays"] = tally["nays"], tally["ayes"]
+    return _store(target, parsed, before)
+
+
 def rows_exchanged(rng: random.Random, rows: list[dict[str, Any]]) -> bool:
     """Two rows of the bucket exchange one column's values."""
     a, b = rng.sample(rows, 2)
@@ -308,13 +354,16 @@ CLASSES: dict[str, Change] = {
     "ayes and nays exchanged": tally_exchanged,
     "name corrected, same length": name_corrected,
     "two members' votes exchanged": votes_exchanged,
+    "votes exchanged, later motion": later_motion_votes_exchanged,
+    "tally 5-4 read as 4-5": tally_reversed,
     "upper case changed": upper_cased,
     "\\uXXXX escape changed": escape_changed,
     "page_image changed, same length": image_changed,
     "two rows exchange values": rows_exchanged,
 }
 FINGERPRINTS: dict[str, Callable[[Mapping[str, Any]], int]] = {
-    "old": old_content_fp,
+    "v1": old_content_fp,
+    "v2": v2_content_fp,
     "new": digest.content_fp,
 }
 
@@ -354,7 +403,8 @@ def measure(trials: int, checks: int, size: int, seed: str) -> None:
         f"{trials:,} trials a class, buckets of {size} clerk-shaped rows, seed {seed!r};"
         f" {checks} trials a class also run through SQLite {sqlite3.sqlite_version}"
     )
-    print(f"{'change':<34}{'old misses':>16}{'new misses':>16}  new below 1/10,000?")
+    heads = "".join(f"{k + ' misses':>18}" for k in FINGERPRINTS)
+    print(f"{'change':<34}{heads}  new < 1e-4?")
     for name, change in CLASSES.items():
         rng = random.Random(f"{seed}:{name}")
         misses = dict.fromkeys(FINGERPRINTS, 0)
@@ -373,10 +423,9 @@ def measure(trials: int, checks: int, size: int, seed: str) -> None:
         bound = 3 / trials  # no miss in n trials: below 3/n with 95 % confidence
         rate = misses["new"] / trials
         verdict = "yes" if (rate == 0 and bound <= 1e-4) or (0 < rate < 1e-4) else "NO"
-        cells = [f"{misses[k]} ({misses[k] / trials:.1e})" for k in FINGERPRINTS]
+        cells = "".join(f"{f'{misses[k]} ({misses[k] / trials:.1e})':>18}" for k in FINGERPRINTS)
         print(
-            f"{name:<34}{cells[0]:>16}{cells[1]:>16}  {verdict}"
-            f"  ({time.monotonic() - started:.0f} s)",
+            f"{name:<34}{cells}  {verdict}  ({time.monotonic() - started:.0f} s)",
             flush=True,
         )
 

@@ -136,11 +136,16 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return data
 
 
+# How much of a 400 answer is searched for its error: Datasette 0.65 puts the query's SQL (up to
+# URLLENGTH_LIMIT characters, JSON-escaped) before the error message.
+_ERROR_HEAD = 20_000
+
+
 def is_interrupted(status: int, body: bytes) -> bool:
     """Datasette's time limit: 500 on 1.0, 400 "SQL Interrupted" on 0.65; both mean try again."""
     if status not in (400, 500):
         return False
-    text = body[:4000].decode("utf-8", "replace")
+    text = body[:_ERROR_HEAD].decode("utf-8", "replace")
     return "interrupted" in text.lower() or "took too long" in text.lower()
 
 
@@ -240,9 +245,9 @@ def page_size_limit(status: int, body: bytes) -> int | None:
 
 def lacks_query_endpoint(status: int, body: bytes) -> bool:
     """Datasette 0.65 has no /-/query: it reads `-` as a table name and answers 400."""
-    return status == 400 and b"no such table: -" in body[:2000]
+    return status == 400 and b"no such table: -" in body[:_ERROR_HEAD]
 
 
 def lacks_column(status: int, body: bytes) -> bool:
     """An older site without entities_json/votes_json refused a query naming them."""
-    return status == 400 and b"no such column" in body[:2000]
+    return status == 400 and b"no such column" in body[:_ERROR_HEAD]

@@ -18,9 +18,12 @@ that really happen and measured by bench/fingerprint.py: over the hex digits of 
 joined, the count of each hex digit (so any byte corrected at the same length, a case or a
 `\\uXXXX` escape, changes a count) and where the first of each decimal digit and of the votes
 `nay"` and `aye"` stand (so a tally or a vote moved without changing any count changes a
-position), plus each value's length; modulo a prime, times a factor from the id, so two rows
-exchanging values change their bucket's sum. Hex digits are the same bytes on every side: text
-with NUL, invalid UTF-8 and BLOBs included.
+position), chains of later occurrences (where the first 8 `nay"` stand, the number after each
+of the first 3 `nays": `, the digits of the first 8 `\\uXXXX` escapes) and the last 18 bytes read
+as numbers (page_image's date and page: a reordering of bytes that are not the first of their
+kind changes one of these), plus each value's length; modulo a prime, times a factor from the
+id, so two rows exchanging values change their bucket's sum. Hex digits are the same bytes on
+every side: text with NUL, invalid UTF-8 and BLOBs included.
 """
 
 from __future__ import annotations
@@ -57,6 +60,26 @@ _FIRSTS = tuple(
         strict=True,
     )
 )
+# Chains: where each of the first _CHAIN occurrences of a pattern stands, one found after the
+# other, or what is written right after it (`width` hex digits, read as SQLite's cast(... as
+# integer) reads them: their leading decimal digits). So a byte that is not the first of its
+# kind is seen too: a member's vote moved (its `nay"`), any motion's nays (read after `ys": `,
+# so 5-4 to 4-5 and 7-0 to 6-1 change it) and an escape's four hex digits (after `\\u`, which
+# are all decimal in hex(): "e9" is 6539). An occurrence not found puts the chain at _NOT_FOUND,
+# past any value, so the rest of the chain costs nothing.
+_CHAINS = (
+    (b'nay"'.hex().upper(), 0, (9811, 8377, 7121, 6053, 5147, 4373, 3719, 3163)),
+    (b'ys": '.hex().upper(), 4, (9497, 8087, 6883)),
+    (b"\\u".hex().upper(), 8, (9973, 8501, 7237, 6151, 5231, 4451, 3779, 3209)),
+)
+_CHAIN = max(len(weights) for _, _, weights in _CHAINS)  # the SQL's layers
+_NOT_FOUND = 99999999
+_CHAIN_NAMES = "ntu"  # the chains' positions in the SQL
+# The last _TAIL hex digits (page_image's date and page number), less the letters D, E and F
+# (the hex of "-", "/" and "."), read as two numbers of at most 18 decimal digits and weighted:
+# digits exchanged within the date or the page number change them.
+_TAIL = 36
+_TAIL_WEIGHTS = (2749, 1913)
 # A row's fingerprint is its values' sum modulo this prime times a factor from its id (below
 # 2**25): under 2**56 a row, so a bucket of 100,000 rows sums far inside 64-bit integers.
 MODULUS = 2**31 - 1
@@ -104,6 +127,29 @@ def _sqlite_value(value: Any) -> tuple[int, bytes] | None:
     return len(text.split("\x00", 1)[0]), text.encode("utf-8", "surrogatepass")
 
 
+def _leading_int(digits: str) -> int:
+    """SQLite's cast(digits as integer) of hex digits: their leading decimal digits, or 0."""
+    decimal = digits[: len(digits) - len(digits.lstrip("0123456789"))]
+    return int(decimal) if decimal else 0
+
+
+def _chained(digits: str) -> int:
+    """The chains' and the tail's terms over hex(value), as _chain_sql computes them."""
+    total = 0
+    for pattern, width, weights in _CHAINS:
+        at = 0
+        for weight in weights:
+            found = digits.find(pattern, at)
+            at = found + 1 if found >= 0 else _NOT_FOUND
+            start = at - 1 + len(pattern)
+            read = _leading_int(digits[start : start + width]) if width else at % _NOT_FOUND
+            total += weight * read
+    tail = digits[-_TAIL:].replace("D", "").replace("E", "").replace("F", "")
+    for k, weight in enumerate(_TAIL_WEIGHTS):
+        total += weight * (_leading_int(tail[18 * k : 18 * k + 18]) % MODULUS)
+    return total
+
+
 def value_fp(row: Mapping[str, Any]) -> int:
     """The fingerprint of a row's values alone, before its id's factor (modulo MODULUS)."""
     joined = b""
@@ -116,7 +162,7 @@ def value_fp(row: Mapping[str, Any]) -> int:
     digits = joined.hex().upper()
     total += sum(weight * digits.count(nibble) for nibble, weight in _NIBBLES)
     total += sum(weight * (digits.find(byte) + 1) for byte, weight in _FIRSTS)
-    return total % MODULUS
+    return (total + _chained(digits)) % MODULUS
 
 
 def content_fp(row: Mapping[str, Any]) -> int:
@@ -156,7 +202,7 @@ def _fp_sql(columns: Iterable[str]) -> str:
     counts = "".join(f"-{w}*length(replace(x,{_literal(n)},''))" for n, w in _NIBBLES)
     firsts = "".join(f"+{w}*instr(x,{_literal(b)})" for b, w in _FIRSTS)
     nibbles = sum(w for _, w in _NIBBLES)
-    values = f"({nibbles}*length(x){counts}{firsts}{lengths})%{MODULUS}"
+    values = f"({nibbles}*length(x){counts}{firsts}{lengths}+s{_chain_terms(_CHAIN - 1)})%{MODULUS}"
     return f"{values}*ifnull(nullif(c*o,0),1)%{MODULUS}"
 
 
@@ -169,10 +215,53 @@ def _inner_sql(table: str, columns: Iterable[str], where: str, hexes: str = ":h"
     named = f",hex({joined}) as x{lengths}" if have else ""
     # LIMIT -1 keeps SQLite from flattening this query into the outer one, which would compute
     # hex() and the id's half once for every use of x and o instead of once a row.
-    return (
+    inner = (
         f"select id,{CONFORMS} as c,{_half_sql(7, hexes)} as o{named} from {table}"
         f" where {where} limit -1"
     )
+    names = "id,c,o" + (",x" + "".join(f",l{alias}" for _, alias in have) if have else "")
+    return _chain_sql(inner, names) if have else inner
+
+
+def _chain_terms(k: int) -> str:
+    """The chains' terms for their k-th occurrences (from 0), whose positions are named n, t, u."""
+    terms = []
+    for (pattern, width, weights), name in zip(_CHAINS, _CHAIN_NAMES, strict=True):
+        if k >= len(weights):
+            continue
+        if width:
+            start = f"{name}+{len(pattern)}"
+            terms.append(f"+{weights[k]}*cast(substr(x,{start},{width})as int)")
+        else:
+            terms.append(f"+{weights[k]}*({name}%{_NOT_FOUND})")
+    return "".join(terms)
+
+
+def _chain_sql(inner: str, names: str) -> str:
+    """The inner query wrapped once for each occurrence of the longest chain: each layer finds
+    the next occurrences (n, t, u) and adds the previous ones' terms to s (the tail's, in the
+    first); a chain that has found all it looks for carries its position on."""
+    tail = f"replace(replace(replace(substr(x,-{_TAIL}),'D',''),'E',''),'F','')"
+    s = "+".join(
+        f"{w}*(cast(substr({tail},{1 + 18 * k},18)as int)%{MODULUS})"
+        for k, w in enumerate(_TAIL_WEIGHTS)
+    )
+    for k in range(_CHAIN):
+        found = [
+            name
+            if k >= len(weights)
+            else f"coalesce(nullif(instr(substr(x,{name}+1),{_literal(pattern)}),0)+{name},"
+            f"{_NOT_FOUND})"
+            if k
+            else f"coalesce(nullif(instr(x,{_literal(pattern)}),0),{_NOT_FOUND})"
+            for (pattern, _, weights), name in zip(_CHAINS, _CHAIN_NAMES, strict=True)
+        ]
+        added = f"s{_chain_terms(k - 1)}" if k else s
+        columns = ",".join(
+            f if f == name else f"{f} {name}" for f, name in zip(found, _CHAIN_NAMES, strict=True)
+        )
+        inner = f"select {names},{added} s,{columns} from ({inner}) limit -1"
+    return inner
 
 
 def _half_sql(first: int, hexes: str = ":h") -> str:

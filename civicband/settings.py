@@ -35,6 +35,9 @@ CIVICBAND_VERIFY_MAX_MISSING_ROWS = 100
 # Jobs one process holds at once (and so advisory locks): enough to keep the shared slot's 8
 # concurrent requests busy with one page per job in flight; it claims more as they end.
 CIVICBAND_MAX_ACTIVE_JOBS = 8
+# Longest request URL: the digest and listing SQL carry the fingerprint (about 4,500 characters
+# encoded); civic.band's look-alike answers 414 past 8,190 (SPEC §1: stay within 8 KB).
+URLLENGTH_LIMIT = 8000
 # A (site, type) whose source holds fewer than this share of the mirror's rows is not swept.
 CIVICBAND_SHRINK_GUARD = 0.5
 # A removal of more than this share of a (site, type)'s pages, within the guard, is warned about.
@@ -44,10 +47,10 @@ CIVICBAND_PROGRESS_INTERVAL = 60.0
 # back without fetching their text); older ones are purged at the end of each run.
 CIVICBAND_TOMBSTONE_DAYS = 30
 # Tables the mirror holds more rows of than this have their digest taken in 16 id ranges: the
-# fingerprint reads every row, about 27 us a row from a cold disk (bench/digest.py), so one
-# query over 100,000 rows stays near 2.7 s of civic.band's 3 s limit. A query that hits the
-# limit anyway is split in 16 once more.
-CIVICBAND_DIGEST_SPLIT_ROWS = 100_000
+# fingerprint reads every row and follows its chains, about twice fingerprint 2's 20 us a row
+# warm and 27 us cold (bench/digest.py), so one query over 50,000 rows stays within civic.band's
+# 3 s limit. A query that hits the limit anyway is split in 16 once more.
+CIVICBAND_DIGEST_SPLIT_ROWS = 50_000
 # Spidermon's rejected-rows monitor fails past this many rows rejected in one crawl.
 CIVICBAND_MONITOR_MAX_REJECTED = 0
 # Where the final stats go as JSON (empty: nowhere).

@@ -162,10 +162,29 @@ CREATE TABLE job_seen_ids (
 CREATE FUNCTION civicband_content_fp(
     id text, page_image text, entities_json text, votes_json text
 ) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-SELECT (0
-        + 5064::bigint * coalesce(length(votes_json) + 1, 0)
+DECLARE
+    x text := upper(encode(convert_to(
+        coalesce(votes_json, '') || coalesce(entities_json, '') || coalesce(page_image, ''),
+        'UTF8'), 'hex'));
+    -- the tail: the last 36 hex digits less D, E and F, read as two numbers of 18 digits
+    tail text := replace(replace(replace(right(x, 36), 'D', ''), 'E', ''), 'F', '');
+    -- the chains: each pattern's first occurrences one after the other, and their weights;
+    -- width 0 weighs the position, else the leading decimal digits of the next width hex digits
+    patterns text[] := ARRAY['6E617922', '7973223A20', '5C75'];
+    widths int[] := ARRAY[0, 4, 8];
+    weights bigint[] := ARRAY[
+        [9811, 8377, 7121, 6053, 5147, 4373, 3719, 3163],
+        [9497, 8087, 6883, 0, 0, 0, 0, 0],
+        [9973, 8501, 7237, 6151, 5231, 4451, 3779, 3209]];
+    lengths int[] := ARRAY[8, 3, 8];
+    total bigint;
+    at bigint;
+    found int;
+    w text;
+BEGIN
+    total := 5064::bigint * coalesce(length(votes_json) + 1, 0)
         + 3478::bigint * coalesce(length(entities_json) + 1, 0)
         + 1686::bigint * coalesce(length(page_image) + 1, 0)
         + 7921::bigint * (length(x) - length(replace(x, '0', '')))
@@ -195,11 +214,27 @@ SELECT (0
         + 7468::bigint * strpos(x, '39')
         + 4299::bigint * strpos(x, '6E617922')
         + 3134::bigint * strpos(x, '61796522')
-    ) % 2147483647
-    * CASE WHEN id ~ '^[0-9a-f]{12}$'
-           THEN ('x' || substr(id, 7, 6))::bit(24)::int + 1118481 ELSE 1 END
-    % 2147483647
-FROM (SELECT upper(encode(convert_to(
-    coalesce(votes_json, '') || coalesce(entities_json, '') || coalesce(page_image, ''), 'UTF8'
-), 'hex')) AS x) AS h
+        + 2749::bigint * (coalesce(substring(substr(tail, 1, 18) FROM '^[0-9]+'), '0')::bigint
+            % 2147483647)
+        + 1913::bigint * (coalesce(substring(substr(tail, 19, 18) FROM '^[0-9]+'), '0')::bigint
+            % 2147483647);
+    FOR c IN 1..3 LOOP
+        at := 0;
+        FOR k IN 1..lengths[c] LOOP
+            found := strpos(substr(x, (at + 1)::int), patterns[c]);
+            at := CASE WHEN found > 0 THEN at + found ELSE 99999999 END;
+            IF widths[c] = 0 THEN
+                total := total + weights[c][k] * (at % 99999999);
+            ELSE
+                w := substr(x, (at + length(patterns[c]))::int, widths[c]);
+                total := total + weights[c][k]
+                    * coalesce(substring(w FROM '^[0-9]+'), '0')::bigint;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN total % 2147483647
+        * CASE WHEN id ~ '^[0-9a-f]{12}$'
+               THEN ('x' || substr(id, 7, 6))::bit(24)::int + 1118481 ELSE 1 END
+        % 2147483647;
+END
 $$;

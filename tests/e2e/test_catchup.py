@@ -12,6 +12,7 @@ import signal
 
 import pytest
 
+from civicband.settings import URLLENGTH_LIMIT
 from tests.e2e.crawl import (
     assert_mirror_equals_source,
     backfilled,
@@ -372,7 +373,7 @@ def test_a_null_id_past_the_first_page_is_missed_by_paging_and_found_by_catch_up
 
 def test_by_id_batches_are_sized_to_the_url_limit(database_url, source):
     site = backfilled(database_url, source, agendas=200, minutes=0)
-    site.add_rows("agendas", site.new_rows("agendas", 250, seed="url limit"))
+    site.add_rows("agendas", site.new_rows("agendas", 1200, seed="url limit"))
     source.clear_requests()
     result = crawl(
         database_url, source, f"subdomain={site.subdomain}", "document_type=agenda", "repair=true"
@@ -380,9 +381,9 @@ def test_by_id_batches_are_sized_to_the_url_limit(database_url, source):
     assert result.returncode == 0, result
     sent = sql_requests(source)
     urls = [f"{source.base_url}{r['path']}?{r['query']}" for r in sent]
-    assert all(len(u) <= 2083 for u in urls), max(len(u) for u in urls)  # Scrapy's URLLENGTH_LIMIT
+    assert all(len(u) <= URLLENGTH_LIMIT for u in urls), max(len(u) for u in urls)
     by_id = [r for r in sent if is_by_id(r)]
-    assert len(by_id) >= 3  # 250 ids do not fit one URL
+    assert len(by_id) >= 3  # 1200 ids do not fit one URL
     assert_mirror_equals_source(database_url, site, ("agenda",))
 
 
