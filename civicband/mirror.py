@@ -105,7 +105,8 @@ async def store_rows(
         # A twin of a row this page stores leaves that row alone: the source holds both.
         stored_ids = {row.id for row in page.clean}
         ids = [i for i in rejected_ids if i not in stored_ids]
-        dropped, version = await _remove(conn, "drop_rejected_pages", {**params, "ids": ids})
+        # A row rejected now replaces the page its id had: removed like any vanished page.
+        dropped, version = await _remove(conn, "delete_pages", {**params, "ids": ids})
         highest += [version] if version is not None else []
         if dropped:
             await conn.execute(query("delete_orphan_documents"), params)

@@ -299,32 +299,6 @@ DELETE FROM rejected_rows r USING civicband_staging s
  WHERE r.subdomain = %(subdomain)s AND r.document_type = %(document_type)s AND r.row_id = s.id
    AND r.reason <> %(invalid_id)s AND r.row_id <> ALL(%(rejected_ids)s::text[])
 
--- name: drop_rejected_pages
--- A row rejected now replaces the page its id had: the source holds that content no more.
--- Like every removal, the page becomes a tombstone with a new version (run under lock_versions).
-WITH gone AS (
-    DELETE FROM meeting_pages
-     WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
-       AND id = ANY(%(ids)s::text[])
-    RETURNING *
-), stoned AS (
-    INSERT INTO page_tombstones AS t (subdomain, document_type, id, version, removed, created,
-                                      meeting_name, meeting_date, page_number, text, page_image,
-                                      entities_json, votes_json, content_fp)
-    SELECT g.subdomain, g.document_type, g.id, nextval('meeting_page_versions'), now(),
-           g.created, d.meeting_name, d.meeting_date, g.page_number, g.text, g.page_image,
-           g.entities_json, g.votes_json, g.content_fp
-      FROM gone g JOIN meeting_documents d ON d.id = g.document_id
-    ON CONFLICT (subdomain, document_type, id) DO UPDATE
-       SET version = EXCLUDED.version, removed = EXCLUDED.removed, created = EXCLUDED.created,
-           meeting_name = EXCLUDED.meeting_name, meeting_date = EXCLUDED.meeting_date,
-           page_number = EXCLUDED.page_number, text = EXCLUDED.text,
-           page_image = EXCLUDED.page_image, entities_json = EXCLUDED.entities_json,
-           votes_json = EXCLUDED.votes_json, content_fp = EXCLUDED.content_fp
-    RETURNING t.version
-)
-SELECT count(*) AS removed, max(version) AS version FROM stoned
-
 -- name: reject_row
 -- The same bad row met again is one rejection; an id has one rejection, its newest.
 WITH older AS (
@@ -483,10 +457,12 @@ SELECT count(*) FROM meeting_pages
    AND id ~ '^[0-9a-f]{12}$'
 
 -- name: delete_pages
--- Pages a complete listing lacks become tombstones with new versions (run under lock_versions).
+-- Pages a complete listing lacks, or whose id's row now arrives malformed (its rejection
+-- replaces it), become tombstones with new versions (run under lock_versions).
 WITH gone AS (
     DELETE FROM meeting_pages
-    WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s AND id = ANY(%(ids)s)
+    WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+      AND id = ANY(%(ids)s::text[])
     RETURNING *
 ), stoned AS (
     INSERT INTO page_tombstones AS t (subdomain, document_type, id, version, removed, created,

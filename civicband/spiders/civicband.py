@@ -62,11 +62,11 @@ class CivicbandSpider(StoreSpider):
         """The project's settings, plus this spider's own components."""
         super().update_settings(settings)
         for name, component, priority in cls.components:
-            # Merged into the dict as it stands (a user's -s EXTENSIONS=... included), at spider
-            # priority at least: the runner merges its own settings into the crawler's later,
-            # and would take a project-priority dict for its own.
+            # Merged into the dict as it stands (a user's -s EXTENSIONS=... included), one
+            # priority above it: Scrapy merges the runner's settings into a crawler it is handed
+            # (the crawl command builds the crawler first), and an equal priority would win.
             merged = {**settings.getdict(name), component: priority}
-            at = max(settings.getpriority(name) or 0, SETTINGS_PRIORITIES["spider"])
+            at = max((settings.getpriority(name) or 0) + 1, SETTINGS_PRIORITIES["spider"])
             settings.set(name, merged, priority=at)
 
     @staticmethod

@@ -185,3 +185,21 @@ def test_two_rows_of_one_bucket_exchanging_votes_are_caught_up(database_url, sou
     job = jobs(database_url, site.subdomain)[-1]
     assert (job["verify_status"], job["pages_updated"]) == ("passed", 2), job
     assert_mirror_equals_source(database_url, site, ("agenda",))
+
+
+def test_a_blob_value_is_a_faithful_copy_that_passes(database_url, source):
+    agendas = data.make_rows("agendas", 80, seed="blob")
+    agendas[3]["page_image"] = b"\x89PNG\r\n\x1a\n\xff\xfe"  # a BLOB, served as {"$base64": ...}
+    agendas[5]["entities_json"] = b"\xc3\x28 not UTF-8"
+    site = source.create_site(agendas=agendas, minutes=0)
+    register(database_url, site)
+    args = (f"subdomain={site.subdomain}", "document_type=agenda")
+    for _ in range(2):  # the backfill, then a catch-up: both judge the copy equal
+        result = crawl(database_url, source, *args)
+        assert result.returncode == 0, result
+        assert jobs(database_url, site.subdomain)[-1]["verify_status"] == "passed", result
+    assert (
+        len(mirrored(database_url, site.subdomain, "agenda"))
+        + len(fetch(database_url, "SELECT 1 FROM rejected_rows"))
+        == 80
+    )

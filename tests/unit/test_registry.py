@@ -252,7 +252,7 @@ def test_extensions_given_on_the_command_line_keep_the_spiders_own_components():
     settings = Settings(values)
     mine = {"civicband.store.Store": 0, "civicband.source.Source": 1, "my.Extension": 900}
     settings.set("EXTENSIONS", mine, priority="cmdline")
-    extensions = {
-        _path(c) for c in Crawler(CivicbandSpider, settings).settings.getdict("EXTENSIONS")
-    }
+    crawler = Crawler(CivicbandSpider, settings)
+    crawler.settings.update(settings)  # what CrawlerProcess.crawl(crawler) does with its own
+    extensions = {_path(c) for c in crawler.settings.getdict("EXTENSIONS")}
     assert {"my.Extension", "civicband.registry.Registry", "civicband.store.Store"} <= extensions
