@@ -181,8 +181,11 @@ async def sweep(
         "invalid_id": INVALID_ID,
     }
     rejections = (await conn.execute(query("sweep_rejections"), params)).rowcount
+    unseen = [
+        row[0] for row in await (await conn.execute(query("sweep_unseen"), params)).fetchall()
+    ]
     await lock_versions(conn)
-    pages, version = await _remove(conn, "sweep_unseen", params)
+    pages, version = await _remove(conn, "delete_pages", {**params, "ids": unseen})
     await conn.execute(query("delete_orphan_documents"), _params(subdomain, document_type))
     await announce(conn, version)
     return pages, rejections

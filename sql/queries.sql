@@ -349,30 +349,11 @@ SELECT (SELECT count(*) FROM meeting_pages
 -- name: sweep_unseen
 -- After a complete pass: pages of the buckets it saw whole that it did not see (sites are
 -- rebuilt from scratch). A bucket it saw short keeps every page: that proves no absence.
--- Removed pages become tombstones with new versions (run under lock_versions).
-WITH gone AS (
-    DELETE FROM meeting_pages p
-    WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
-      AND p.id ~ '^[0-9a-f]{12}$' AND substr(p.id, 1, 2) = ANY(%(buckets)s::text[])
-      AND NOT EXISTS (SELECT 1 FROM job_seen_ids s WHERE s.job_id = %(job_id)s AND s.id = p.id)
-    RETURNING p.*
-), stoned AS (
-    INSERT INTO page_tombstones AS t (subdomain, document_type, id, version, removed, created,
-                                      meeting_name, meeting_date, page_number, text, page_image,
-                                      entities_json, votes_json, content_fp)
-    SELECT g.subdomain, g.document_type, g.id, nextval('meeting_page_versions'), now(),
-           g.created, d.meeting_name, d.meeting_date, g.page_number, g.text, g.page_image,
-           g.entities_json, g.votes_json, g.content_fp
-      FROM gone g JOIN meeting_documents d ON d.id = g.document_id
-    ON CONFLICT (subdomain, document_type, id) DO UPDATE
-       SET version = EXCLUDED.version, removed = EXCLUDED.removed, created = EXCLUDED.created,
-           meeting_name = EXCLUDED.meeting_name, meeting_date = EXCLUDED.meeting_date,
-           page_number = EXCLUDED.page_number, text = EXCLUDED.text,
-           page_image = EXCLUDED.page_image, entities_json = EXCLUDED.entities_json,
-           votes_json = EXCLUDED.votes_json, content_fp = EXCLUDED.content_fp
-    RETURNING t.version
-)
-SELECT count(*) AS removed, max(version) AS version FROM stoned
+-- They go through delete_pages, in the same transaction.
+SELECT p.id FROM meeting_pages p
+ WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
+   AND p.id ~ '^[0-9a-f]{12}$' AND substr(p.id, 1, 2) = ANY(%(buckets)s::text[])
+   AND NOT EXISTS (SELECT 1 FROM job_seen_ids s WHERE s.job_id = %(job_id)s AND s.id = p.id)
 
 -- name: sweep_rejections
 -- After a complete pass: rejections of the buckets it saw whole that it did not meet again.
