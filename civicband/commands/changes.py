@@ -8,19 +8,17 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import Any, TextIO
 
 from psycopg.rows import dict_row
-from scrapy.commands import ScrapyCommand
 
 from civicband import db
 from civicband.args import ArgumentError
+from civicband.command import MirrorCommand, mirror_url
 from civicband.commands.jobs import DOCUMENT_TYPES
 from civicband.config import check_settings
 from civicband.datasette import SUBDOMAIN
-from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
-from civicband.extensions.outcome import EXIT_BAD_INPUT
+from civicband.embedded import EmbeddedPostgresError
 
 # Rows the server-side cursor brings per round trip: memory stays constant however long the feed.
 ITERSIZE = 2000
@@ -106,12 +104,8 @@ def write_changes(rows: Iterator[dict[str, Any]], out: TextIO) -> int:
     return printed
 
 
-class Command(ScrapyCommand):
+class Command(MirrorCommand):
     """Print the mirror's changes since a version, from the same database the crawl uses."""
-
-    requires_project = True
-    requires_crawler_process = False
-    default_settings: ClassVar[dict[str, Any]] = {"LOG_ENABLED": False}
 
     def syntax(self) -> str:
         """Shown by `scrapy changes -h`."""
@@ -151,28 +145,13 @@ class Command(ScrapyCommand):
         except ArgumentError as error:
             self._error(str(error))
             return
-        url = self.settings.get("CIVICBAND_DATABASE_URL") or None
-        embedded = None
+        timeout = self.settings.getfloat("CIVICBAND_DB_TIMEOUT")
         try:
-            if url is None:
-                embedded = EmbeddedPostgres(
-                    Path(self.settings.get("CIVICBAND_HOME") or ".civicband")
-                )
-                url = embedded.start()
-            timeout = self.settings.getfloat("CIVICBAND_DB_TIMEOUT")
-            write_changes(stream_changes(url, params, timeout), sys.stdout)
+            with mirror_url(self.settings) as url:
+                write_changes(stream_changes(url, params, timeout), sys.stdout)
         except BrokenPipeError:
             # The reader had enough (`| head`): stop quietly, as Unix tools do; what Python
             # would still flush at exit goes nowhere instead of raising again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (db.DatabaseError, EmbeddedPostgresError) as error:
             self._error(str(error))
-            return
-        finally:
-            if embedded is not None:
-                embedded.stop()
-
-    def _error(self, message: str) -> None:
-        """What the user must fix, on one line, and the crawl command's status for bad input."""
-        print(f"civicband: error: {db.one_line(RuntimeError(message))}", file=sys.stderr)
-        self.exitcode = EXIT_BAD_INPUT

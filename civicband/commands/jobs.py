@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from psycopg.rows import dict_row
-from scrapy.commands import ScrapyCommand
 
 from civicband import db
 from civicband.args import ArgumentError
+from civicband.command import MirrorCommand, mirror_url
 from civicband.config import check_settings
 from civicband.datasette import SUBDOMAIN
-from civicband.embedded import EmbeddedPostgres, EmbeddedPostgresError
-from civicband.extensions.outcome import EXIT_BAD_INPUT
+from civicband.embedded import EmbeddedPostgresError
 
 STATUSES = ("pending", "running", "completed", "failed", "paused")
 DOCUMENT_TYPES = ("agenda", "minutes")
@@ -141,12 +138,8 @@ def as_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-class Command(ScrapyCommand):
+class Command(MirrorCommand):
     """List backfill jobs between runs, from the same database the crawl uses."""
-
-    requires_project = True
-    requires_crawler_process = False
-    default_settings: ClassVar[dict[str, Any]] = {"LOG_ENABLED": False}
 
     def syntax(self) -> str:
         """Shown by `scrapy jobs -h`."""
@@ -191,24 +184,11 @@ class Command(ScrapyCommand):
         except ArgumentError as error:
             self._error(str(error))
             return
-        url = self.settings.get("CIVICBAND_DATABASE_URL") or None
-        embedded = None
+        timeout = self.settings.getfloat("CIVICBAND_DB_TIMEOUT")
         try:
-            if url is None:
-                embedded = EmbeddedPostgres(
-                    Path(self.settings.get("CIVICBAND_HOME") or ".civicband")
-                )
-                url = embedded.start()
-            rows = fetch_jobs(url, filters, self.settings.getfloat("CIVICBAND_DB_TIMEOUT"))
+            with mirror_url(self.settings) as url:
+                rows = fetch_jobs(url, filters, timeout)
         except (db.DatabaseError, EmbeddedPostgresError) as error:
             self._error(str(error))
             return
-        finally:
-            if embedded is not None:
-                embedded.stop()
         print(as_json(rows) if opts.as_json else as_table(rows))
-
-    def _error(self, message: str) -> None:
-        """What the user must fix, on one line, and the crawl command's status for bad input."""
-        print(f"civicband: error: {db.one_line(RuntimeError(message))}", file=sys.stderr)
-        self.exitcode = EXIT_BAD_INPUT
