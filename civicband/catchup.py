@@ -1,29 +1,33 @@
 """Catch-up: bring a (site, type) the mirror already holds up to date at the cost of what changed.
 
-Digests first (one request for most tables); ids and fingerprints of the differing buckets only;
-then exactly the new and changed pages by id; then the vanished ones deleted, after complete
-listings and within the shrink guard; then verification (civicband.verification) judges
-against the digest taken at the start. With exact=true every value is compared as well
-(civicband.exact), and the pages whose values differ are fetched with the rest; verification
-then compares every value again, unless the catch-up changed nothing. A catch-up that would cost
-more requests than a full pass becomes one, unless it was asked for with repair=true.
+The digests of both tables of a site first, in one request (civicband.rounds); where buckets
+differ, bisection (civicband.bisect): digests of their sub-buckets, as deep as the cost model
+(civicband.cost) finds cheapest, then ids and fingerprints of the sub-buckets that still
+differ; then new pages whole, pages whose values changed for those values only (or their whole
+range, where most of its rows changed); then the vanished ones deleted, after complete listings
+that agree with the digests and within the shrink guard; then verification
+(civicband.verification) judges against the digest taken at the start. With exact=true every
+value is compared as well (civicband.exact), and the pages whose values differ are fetched with
+the rest. A catch-up the cost model finds dearer than a full pass becomes one, unless it was
+asked for with repair=true.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scrapy.crawler import Crawler
 from scrapy.statscollectors import StatsCollector
 
-from civicband import digest, exact, jobs, mirror
+from civicband import bisect, cost, digest, exact, jobs, mirror
+from civicband.bisect import Ask
 from civicband.datasette import MAX_PAGE_SIZE, SourceError
-from civicband.digest import OTHER, Difference
+from civicband.digest import OTHER, Bucket, Difference
 from civicband.lifecycle import ActiveJob, Exhausted, Failed, Restart
+from civicband.rounds import Rounds
 from civicband.rows import clean_page, raw_text
 from civicband.source import Source
 from civicband.writer import count_changes
@@ -33,8 +37,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Ids one by-id request carries, about: 12 hex digits in a JSON list, within URLLENGTH_LIMIT.
-IDS_PER_REQUEST = 100
+# What one request is worth in bytes of answer, when CIVICBAND_REQUEST_BYTES is 0: with the
+# secret, a round trip is worth about what a quarter of a megabyte takes to arrive; without it,
+# a request is 4 s of the public limit (15 a minute), worth several megabytes.
+REQUEST_BYTES_TRUSTED = 256 * 1024
+REQUEST_BYTES_PUBLIC = 4 * 1024 * 1024
+# A range is fetched whole only when it holds at least this many changed rows: below, their ids
+# fit in a request as well.
+DENSE_ROWS = 50
 
 
 def raw_md5(row: Mapping[str, Any]) -> str:
@@ -66,33 +76,31 @@ def other_difference(
     return Difference(missing, extra, stale, gone)
 
 
-def changed_since(
-    source_digest: digest.Digest,
-    buckets: Iterable[str],
-    source_ids: Mapping[str, int],
-    other_rows: list[dict[str, Any]] | None,
-) -> None:
-    """Refuse to act on listings that disagree with the digest: the site changed in between.
+def agrees(source: Bucket, got: Bucket, bucket: str) -> None:
+    """Refuse to act on an answer that disagrees with the digest taken before it.
 
     Deleting what a listing lacks is safe only if the listing shows the site the digest showed
-    (a site caught mid-rebuild after its digest would lose present pages): each listed bucket's
-    count and id sums must be the digest's, not only its count.
+    (a site caught mid-rebuild after its digest would lose present pages): each bucket's
+    sub-bucket digests, and each listed bucket's ids, must sum to the bucket's digest, count,
+    id sums and fingerprints alike.
     """
-    listed = {bucket: digest.Bucket() for bucket in buckets}
-    for row_id in source_ids:
+    if got != source:
+        raise SourceError(
+            f"the source changed during the catch-up (bucket {bucket!r}: {source.n} rows in"
+            f" its digest, {got.n} in a later answer, or other ids or values); nothing was"
+            " deleted: run again",
+            retryable=False,
+        )
+
+
+def listed_digest(listed: Mapping[str, int], depth: int) -> digest.Digest:
+    """A listing summed into buckets of `depth` hex digits, as the source's digest sums them."""
+    found: digest.Digest = {}
+    for row_id, fp in listed.items():
         hi, lo = digest.id_halves(row_id)
-        listed[row_id[:2]] = listed.get(row_id[:2], digest.Bucket()) + digest.Bucket(1, hi, lo)
-    if other_rows is not None:
-        listed[OTHER] = digest.Bucket(len(other_rows))
-    for bucket in sorted(listed):
-        want = source_digest.get(bucket, digest.Bucket())
-        got = listed[bucket]
-        if (got.n, got.hi, got.lo) != (want.n, want.hi, want.lo):
-            raise SourceError(
-                f"the source changed during the catch-up (bucket {bucket!r}: {want.n} rows in"
-                f" its digest, {got.n} listed, or other ids); nothing was deleted: run again",
-                retryable=False,
-            )
+        bucket = row_id[:depth]
+        found[bucket] = found.get(bucket, Bucket()) + Bucket(1, hi, lo, fp)
+    return found
 
 
 def shrink_refusal(
@@ -146,21 +154,38 @@ class CatchUp:
         self.stats = crawler.stats
         self.registry = registry
         self.source = source
+        self.rounds = Rounds(source.reads)
         self.guard = settings.getfloat("CIVICBAND_SHRINK_GUARD")
         self.warn_ratio = settings.getfloat("CIVICBAND_REMOVAL_WARN_RATIO")
         self.page_cap = MAX_PAGE_SIZE
-        if not settings.get("CIVICBAND_SERVICE_SECRET"):  # public pages are capped
+        trusted = bool(settings.get("CIVICBAND_SERVICE_SECRET"))
+        if not trusted:  # public pages are capped
             self.page_cap = settings.getint("CIVICBAND_PUBLIC_PAGE_SIZE") or MAX_PAGE_SIZE
+        self.request_bytes = settings.getint("CIVICBAND_REQUEST_BYTES") or (
+            REQUEST_BYTES_TRUSTED if trusted else REQUEST_BYTES_PUBLIC
+        )
+
+    def limits(self, site: str) -> cost.Limits:
+        """What one request to this site carries, and is worth, for the cost model."""
+        batch_size = self.crawler.spider.batch_size  # -a batch_size, else CIVICBAND_BATCH_SIZE
+        max_rows = self.source.page_limits.get(site, MAX_PAGE_SIZE)
+        return cost.Limits(
+            request_bytes=self.request_bytes,
+            max_rows=max_rows,
+            page_size=min(batch_size, self.page_cap, max_rows),
+            split_rows=self.source.split_rows or cost.Limits.split_rows,
+        )
 
     async def run(self, job: ActiveJob) -> Exhausted | Restart | Failed:
         """The whole catch-up of one job; a source that cannot answer fails it, deleting nothing."""
-        try:
-            return await self._run(job)
-        except SourceError as error:
-            return Failed(f"catch-up: {error}")
+        with self.rounds.member(job.subdomain, job.document_type):
+            try:
+                return await self._run(job)
+            except SourceError as error:
+                return Failed(f"catch-up: {error}")
 
     async def _run(self, job: ActiveJob) -> Exhausted | Restart | Failed:
-        registry, source = self.registry, self.source
+        registry = self.registry
         site, kind = job.subdomain, job.document_type
 
         async def local_state(conn: Any) -> tuple[digest.Digest, tuple[int, int]]:
@@ -170,7 +195,8 @@ class CatchUp:
             )
 
         local, (pages, rejected) = await registry.run_step(job, "reading the mirror", local_state)
-        source_digest = await source.digest(site, kind, size_hint=pages + rejected)
+        source_digest = await self.rounds.digest(site, kind, pages + rejected)
+        job.requested()
         expected = digest.count(source_digest)
         differ = digest.differing(source_digest, local)
         self.stats.inc_value("civicband/catchup/buckets", len(differ))
@@ -180,7 +206,7 @@ class CatchUp:
             len(differ),
             len(source_digest.keys() | local.keys()),
         )
-        found = await exact.check(job, registry, source) if job.exact else None
+        found = await exact.check(job, registry, self.source) if job.exact else None
         stale = found.stale if found is not None else []
         if found is not None:
             logger.info(
@@ -190,60 +216,152 @@ class CatchUp:
             # Nothing to change: what the catch-up compared is what verification would find.
             return Exhausted(source_digest, found)
         hexes = [b for b in differ if b != OTHER]
-        source_ids = await source.listing(site, kind, hexes) if hexes else {}
-        local_ids, rejected_ids = await registry.run_step(
-            job, "reading the mirror", lambda conn: mirror.listing(conn, site, kind, hexes)
-        )
-        difference = digest.compare(source_ids, local_ids, rejected_ids)
+        limits = self.limits(site)
+        frontier = self._frontier(hexes, source_digest, local, depth=2, buckets=256)
+        plan = cost.plan(frontier, limits, expected)
+        guess = cost.fetch_cost(0, frontier.changes, limits)  # ids and values: the least
+        plan.add(guess.requests, guess.bytes)
+        if not job.repair and plan.units(limits) > cost.full_pass(expected, limits).units(limits):
+            return Restart(round(frontier.changes))
+        job.plan_requests(plan.requests)
+        difference, listed_rows = await self._narrow(job, source_digest, local, hexes, limits)
         other_rows: list[dict[str, Any]] = []
         other_checked = True
         if OTHER in differ:
-            other_rows, other_checked = await source.other_rows(site, kind)
+            other_rows, other_checked = await self.source.other_rows(site, kind)
             other_pages, other_rejected = await registry.run_step(
                 job, "reading the mirror", lambda conn: mirror.other_listing(conn, site, kind)
             )
             difference += other_difference(other_rows, other_pages, other_rejected)
-        changed_since(source_digest, hexes, source_ids, other_rows if OTHER in differ else None)
+            agrees(source_digest.get(OTHER, Bucket()), Bucket(len(other_rows)), OTHER)
         to_fetch = sorted({*difference.to_fetch, *stale})
-        if not job.repair and self._cheaper_to_page(site, len(to_fetch), expected):
+        known = await registry.run_step(
+            job, "reading the mirror", lambda conn: mirror.known_rows(conn, site, kind, to_fetch)
+        )
+        whole = [i for i in to_fetch if i not in known]
+        fetch = cost.fetch_cost(len(whole), len(known), limits)
+        if not job.repair and fetch.units(limits) > cost.full_pass(expected, limits).units(limits):
             return Restart(len(to_fetch))
+        job.plan_requests(fetch.requests)
         job.expect(job.rows_done + len(to_fetch) + len(other_rows))
-        to_fetch = await self._restore(job, to_fetch)
-        async for rows, checked in source.rows_by_id(site, kind, to_fetch):
-            await self._store(job, rows, checked)
+        await self._fetch(job, whole, known, listed_rows)
         if other_rows:
             await self._store(job, other_rows, other_checked)
         refusal = await self._delete(job, difference=difference, expected=expected)
         return Failed(refusal) if refusal else Exhausted(source_digest)
 
-    def _cheaper_to_page(self, site: str, fetch: int, expected: int) -> bool:
-        """Whether a full pass would take fewer requests than fetching these rows by id.
+    @staticmethod
+    def _frontier(
+        prefixes: list[str],
+        source: digest.Digest,
+        local: digest.Digest,
+        *,
+        depth: int,
+        buckets: float,
+    ) -> cost.Frontier:
+        """The cost model's view of differing buckets: their rows, and the changes behind them."""
+        empty = Bucket()
+        rows = sum(max(source.get(p, empty).n, local.get(p, empty).n) for p in prefixes)
+        moved = sum(abs(source.get(p, empty).n - local.get(p, empty).n) for p in prefixes)
+        changes = cost.changes_behind(len(prefixes), min(buckets, max(rows, 1)), moved)
+        return cost.Frontier(depth, len(prefixes), rows, changes)
 
-        Pages are as large as the site serves them: public pages are capped, and a site with a
-        smaller max_returned_rows says so.
+    async def _narrow(
+        self,
+        job: ActiveJob,
+        source_digest: digest.Digest,
+        local: digest.Digest,
+        prefixes: list[str],
+        limits: cost.Limits,
+    ) -> tuple[Difference, dict[str, int]]:
+        """Bisect the differing buckets down to their changed ids, as deep as is cheapest.
+
+        Each round asks the source for the digests of the frontier's sub-buckets (both tables
+        in one answer) and keeps those that differ from the mirror's, until listing their ids
+        costs less than another round; every answer must sum to the digest it refines.
+        Returns the difference, and the source's rows in each listed bucket.
         """
-        batch_size = self.crawler.spider.batch_size  # -a batch_size, else CIVICBAND_BATCH_SIZE
-        size = min(batch_size, self.page_cap, self.source.page_limits.get(site, MAX_PAGE_SIZE))
-        by_id = math.ceil(fetch / min(IDS_PER_REQUEST, size))
-        paging = math.ceil(expected / size) + 1
-        return by_id > paging
-
-    async def _restore(self, job: ActiveJob, ids: list[str]) -> list[str]:
-        """Bring back removed pages whose ids the source has again; the ids still to fetch whole.
-
-        The id hashes the text, meeting, date and page, so a tombstone holds them as the source
-        does: only page_image, entities_json and votes_json are fetched for such ids.
-        """
+        registry, rounds = self.registry, self.rounds
         site, kind = job.subdomain, job.document_type
-        kept = await self.registry.run_step(
-            job, "reading the mirror", lambda conn: mirror.tombstoned(conn, site, kind, ids)
+        if not prefixes:  # only the `~` bucket differs
+            return Difference([], [], [], []), {}
+        table_rows = digest.count(source_digest)
+        empty = Bucket()
+        source = {p: source_digest.get(p, empty) for p in prefixes}
+        here = {p: local.get(p, empty) for p in prefixes}
+        depth, asked = 2, 256.0
+        while prefixes:
+            frontier = self._frontier(prefixes, source, here, depth=depth, buckets=asked)
+            deeper = cost.next_depth(frontier, limits, table_rows)
+            rows = {p: source[p].n for p in prefixes}
+            if deeper >= bisect.LIST_DEPTH:
+                break
+            answer = await rounds.bisect(site, kind, Ask(deeper, tuple(prefixes)), rows)
+            job.requested(frontier.requests_to_ask(limits))
+            self.stats.inc_value("civicband/catchup/bisections")
+            totals: digest.Digest = {}
+            for child, value in answer.digests.items():
+                totals[child[:depth]] = totals.get(child[:depth], empty) + value
+            for parent in prefixes:
+                agrees(source[parent], totals.get(parent, empty), parent)
+            mine = await registry.run_step(
+                job,
+                "reading the mirror",
+                lambda conn, deeper=deeper, within=prefixes: mirror.local_digest(
+                    conn, site, kind, depth=deeper, within=within
+                ),
+            )
+            asked = len(prefixes) * cost.FANOUT ** (deeper - depth)
+            prefixes = digest.differing(answer.digests, mine)
+            source = {p: answer.digests.get(p, empty) for p in prefixes}
+            here = {p: mine.get(p, empty) for p in prefixes}
+            depth = deeper
+        rows = {p: source[p].n for p in prefixes}
+        answer = await rounds.bisect(site, kind, Ask(bisect.LIST_DEPTH, tuple(prefixes)), rows)
+        job.requested(frontier.requests_to_ask(limits))
+        listed = answer.listed
+        sums = listed_digest(listed, depth)
+        for prefix in prefixes:
+            agrees(source[prefix], sums.get(prefix, empty), prefix)
+        local_ids, rejected_ids = await registry.run_step(
+            job, "reading the mirror", lambda conn: mirror.listing(conn, site, kind, prefixes)
         )
-        if not kept:
-            return ids
-        async for values, checked in self.source.values_by_id(site, kind, sorted(kept)):
-            rows = [{**kept[row["id"]], **row} for row in values if row.get("id") in kept]
-            await self._store(job, rows, checked)
-        return [i for i in ids if i not in kept]
+        self.stats.inc_value("civicband/catchup/listed_buckets", len(prefixes))
+        return digest.compare(listed, local_ids, rejected_ids), rows
+
+    async def _fetch(
+        self,
+        job: ActiveJob,
+        whole: list[str],
+        known: dict[str, dict[str, Any]],
+        listed_rows: Mapping[str, int],
+    ) -> None:
+        """New pages whole; pages the mirror knows (stored, or kept as tombstones) for their
+        values only, by id, or by range where most of a listed bucket's rows changed."""
+        site, kind = job.subdomain, job.document_type
+        by_bucket: dict[str, int] = {}
+        depth = len(next(iter(listed_rows), "")) or 2
+        for row_id in known:
+            by_bucket[row_id[:depth]] = by_bucket.get(row_id[:depth], 0) + 1
+        dense = sorted(
+            b
+            for b, n in by_bucket.items()
+            if n >= DENSE_ROWS and n >= cost.DENSE_SHARE * listed_rows.get(b, 0)
+        )
+        by_range = {i for i in known if i[:depth] in dense}
+        values = sorted(i for i in known if i not in by_range)
+        async for fetched in self.rounds.fetch(site, kind, whole, values):
+            job.requested()
+            rows = fetched.rows
+            if not fetched.whole:
+                rows = [{**known[r["id"]], **r} for r in rows if r.get("id") in known]
+            await self._store(job, rows, fetched.unicode_checked)
+        if dense:
+            self.stats.inc_value("civicband/catchup/ranges", len(dense))
+            async for answer in self.source.values(site, kind, dense):
+                job.requested()
+                rows = [{**known[r["id"]], **r} for r in answer if r.get("id") in by_range]
+                await self._store(job, rows, False)
 
     async def _store(self, job: ActiveJob, rows: list[dict[str, Any]], checked: bool) -> None:
         page = clean_page(rows, unicode_checked=checked)

@@ -23,6 +23,7 @@ NUMBER_SETTINGS: dict[str, tuple[type, float, float | None]] = {
     "CIVICBAND_LEASE_CHECK_INTERVAL": (float, 0.1, None),
     "CIVICBAND_MAX_ACTIVE_JOBS": (int, 1, None),
     "CIVICBAND_DIGEST_SPLIT_ROWS": (int, 0, None),
+    "CIVICBAND_REQUEST_BYTES": (int, 0, None),
     "CIVICBAND_PROGRESS_INTERVAL": (float, 0, None),
     "CIVICBAND_VERIFY_MAX_MISSING_ROWS": (int, 0, None),
     "CIVICBAND_VERIFY_MAX_MISSING_RATIO": (float, 0, 1),

@@ -34,6 +34,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# The columns the id does not hash: they change in place, so a fingerprint samples them.
+UNHASHED_COLUMNS = ("page_image", "entities_json", "votes_json")
 HEX_ID = re.compile(r"^[0-9a-f]{12}\Z")
 OTHER = "~"  # the bucket of every id that is not 12 lowercase hex digits (sorts after hex)
 HEX = "0123456789abcdef"
@@ -84,7 +86,7 @@ _TAIL_WEIGHTS = (2749, 1913)
 # 2**25): under 2**56 a row, so a bucket of 100,000 rows sums far inside 64-bit integers.
 MODULUS = 2**31 - 1
 # 0x111111: instr() counts hex digits from 1, so each six-digit half is this much too large.
-_HALF_OFFSET = int("111111", 16)
+HALF_OFFSET = int("111111", 16)
 
 
 def bucket_of(row_id: Any) -> str:
@@ -99,7 +101,7 @@ def id_halves(row_id: str) -> tuple[int, int]:
 
 def id_factor(row_id: Any) -> int:
     """What a row's fingerprint is multiplied by: two rows exchanging values change the sum."""
-    return id_halves(row_id)[1] + _HALF_OFFSET if bucket_of(row_id) != OTHER else 1
+    return id_halves(row_id)[1] + HALF_OFFSET if bucket_of(row_id) != OTHER else 1
 
 
 def _blob(value: Mapping[str, Any]) -> bytes | None:
@@ -188,7 +190,7 @@ def _literal(digits: str) -> str:
     return digits if digits.isdecimal() and digits[0] != "0" or digits == "0" else f"'{digits}'"
 
 
-def _fp_sql(columns: Iterable[str]) -> str:
+def fp_sql(columns: Iterable[str]) -> str:
     """The row fingerprint over the inner query's names; missing columns (older sites) are NULL.
 
     A nibble's count is `length(x) - length(replace(x, nibble, ''))`; the length terms are
@@ -206,9 +208,10 @@ def _fp_sql(columns: Iterable[str]) -> str:
     return f"{values}*ifnull(nullif(c*o,0),1)%{MODULUS}"
 
 
-def _inner_sql(table: str, columns: Iterable[str], where: str, hexes: str = ":h") -> str:
-    """Each row's id, whether it is 12 hex digits (c), its second half plus 0x111111 (o), the
-    hex digits of its values joined (x) and each value's length."""
+def inner_sql(source: str, columns: Iterable[str], names: str = "", hexes: str = ":h") -> str:
+    """Each row of `source` (a table and its condition, or a tagged union of tables): its id,
+    the columns `names` passes on, whether it is 12 hex digits (c), its second half plus
+    0x111111 (o), the hex digits of its values joined (x) and each value's length."""
     have = [(c, a) for c, a in _ALIASES.items() if c in set(columns)]
     lengths = "".join(f",length({column}) as l{alias}" for column, alias in have)
     joined = "||".join(f"ifnull({c},'')" for c, _ in CONTENT_COLUMNS if c in set(columns))
@@ -216,11 +219,29 @@ def _inner_sql(table: str, columns: Iterable[str], where: str, hexes: str = ":h"
     # LIMIT -1 keeps SQLite from flattening this query into the outer one, which would compute
     # hex() and the id's half once for every use of x and o instead of once a row.
     inner = (
-        f"select id,{CONFORMS} as c,{_half_sql(7, hexes)} as o{named} from {table}"
-        f" where {where} limit -1"
+        f"select id{names},{CONFORMS} as c,{half_sql(7, hexes)} as o{named} from {source} limit -1"
     )
-    names = "id,c,o" + (",x" + "".join(f",l{alias}" for _, alias in have) if have else "")
-    return _chain_sql(inner, names) if have else inner
+    passed = f"id{names},c,o" + (",x" + "".join(f",l{alias}" for _, alias in have) if have else "")
+    return _chain_sql(inner, passed) if have else inner
+
+
+def content_columns(columns: Iterable[str]) -> str:
+    """The columns a fingerprint reads, as a select list: the id and those the site has."""
+    have = set(columns)
+    return ",".join(["id", *(c for c, _ in CONTENT_COLUMNS if c in have)])
+
+
+def tagged_union(tables: Mapping[str, str], columns: Iterable[str], where: str) -> str:
+    """Several tables' rows in one source, each tagged (`tag`) with its document type."""
+    select = content_columns(columns)
+    return (
+        "("
+        + " union all ".join(
+            f"select '{tag}' tag,{select} from {table} where {where}"
+            for tag, table in tables.items()
+        )
+        + ")"
+    )
 
 
 def _chain_terms(k: int) -> str:
@@ -264,7 +285,7 @@ def _chain_sql(inner: str, names: str) -> str:
     return inner
 
 
-def _half_sql(first: int, hexes: str = ":h") -> str:
+def half_sql(first: int, hexes: str = ":h") -> str:
     """Six hex digits' value plus 0x111111, in Horner's form (the shortest in the URL)."""
     digits = [f"instr({hexes},substr(id,{first + k},1))" for k in range(6)]
     return "(" * 5 + ")*16+".join(digits)
@@ -305,29 +326,26 @@ class IdRange:
         return len(self.low or self.high or "")
 
 
-def digest_sql(table: str, columns: Iterable[str], id_range: IdRange) -> tuple[str, dict[str, str]]:
-    """One SQL request: every bucket of one id range with its count, id sums and fingerprint sum.
+def digest_sql(
+    tables: str | Mapping[str, str], columns: Iterable[str], id_range: IdRange
+) -> tuple[str, dict[str, str]]:
+    """One SQL request: every bucket of one id range of each table (`tag`: a document type,
+    or '' for one table named alone) with its count, id sums and fingerprint sum.
 
-    Only the fingerprint reads the table; the rest reads the id index alone.
+    Both tables of a site in one answer make an unchanged site one request. Only the
+    fingerprint reads the table; the rest reads the id index alone.
     """
     where, params = id_range.where()
-    offset = f"sum(c)*{_HALF_OFFSET}"
+    tagged = {"": tables} if isinstance(tables, str) else tables
+    offset = f"sum(c)*{HALF_OFFSET}"
+    inner = inner_sql(tagged_union(tagged, columns, where), columns, ",tag")
     sql = (
-        f"select case when c then substr(id,1,2) else '{OTHER}' end as bucket,count(*) as n,"
-        f"sum(c*({_half_sql(1)}))-{offset} as hi,sum(c*o)-{offset} as lo,"
-        f"sum({_fp_sql(columns)}) as fp from ({_inner_sql(table, columns, where)})"
-        " group by bucket order by bucket"
+        f"select tag,case when c then substr(id,1,2) else '{OTHER}' end as bucket,count(*) as n,"
+        f"sum(c*({half_sql(1)}))-{offset} as hi,sum(c*o)-{offset} as lo,"
+        f"sum({fp_sql(columns)}) as fp from ({inner})"
+        " group by tag,bucket order by tag,bucket"
     )
     return sql, {**params, "h": HEX}
-
-
-def listing_sql(table: str, columns: Iterable[str], limit: int) -> str:
-    """Ids and fingerprints of a list of hex buckets (`:buckets`, JSON), keyset after `:after`."""
-    where = "id>:after and substr(id,1,2) in (select value from json_each(:buckets))"
-    inner = _inner_sql(table, columns, where, f"'{HEX}'")
-    return (
-        f"select id,{_fp_sql(columns)} as fp from ({inner}) where c order by id limit {int(limit)}"
-    )
 
 
 def other_rows_sql(table: str, limit: int) -> str:
@@ -337,25 +355,6 @@ def other_rows_sql(table: str, limit: int) -> str:
         f" and not {CONFORMS}"
         f" order by rowid limit {int(limit)}"
     )
-
-
-UNHASHED_COLUMNS = ("page_image", "entities_json", "votes_json")
-
-
-def rows_by_id_sql(table: str) -> str:
-    """Whole rows for a JSON list of ids (`:ids`: bound as text, so all-digit ids stay text)."""
-    return f"select * from {table} where id in (select value from json_each(:ids))"
-
-
-def values_by_id_sql(table: str, columns: Iterable[str]) -> str:
-    """The columns the id does not hash, for a JSON list of ids: a removed page coming back.
-
-    Never the text (the id covers it, and the tombstone has it); a column an older site lacks
-    reads as NULL, as the mirror stores it from that site.
-    """
-    have = set(columns)
-    named = ",".join(c if c in have else f"null as {c}" for c in UNHASHED_COLUMNS)
-    return f"select id,{named} from {table} where id in (select value from json_each(:ids))"
 
 
 # ---- digests and their comparison (pure) ---------------------------------------------------------
@@ -400,6 +399,17 @@ def read_digest(rows: Iterable[Mapping[str, Any]]) -> Digest:
         part = Bucket(*(_integer(row, key) for key in ("n", "hi", "lo", "fp")))
         digest[bucket] = digest.get(bucket, Bucket()) + part
     return digest
+
+
+def read_tagged(rows: Iterable[Mapping[str, Any]]) -> dict[str, Digest]:
+    """Digests of several tables from one answer, by their `tag`."""
+    tables: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        tag = row.get("tag")
+        if not isinstance(tag, str):
+            raise DigestError(f"digest answer has a table tag that is not text: {tag!r}")
+        tables.setdefault(tag, []).append(row)
+    return {tag: read_digest(part) for tag, part in tables.items()}
 
 
 def merge(parts: Iterable[Digest]) -> Digest:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from civicband import mirror
-from civicband.digest import CONFORMS
+from civicband.digest import UNHASHED_COLUMNS
 from civicband.rows import stored_text
 
 if TYPE_CHECKING:
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from civicband.registry import Registry
     from civicband.source import Source
 
-VALUE_COLUMNS = ("page_image", "entities_json", "votes_json")
 Values = tuple[str | None, ...]
 
 
@@ -47,22 +46,9 @@ class Exact:
         self.matched += other.matched
 
 
-def values_sql(table: str, columns: Iterable[str], limit: int) -> str:
-    """The untrusted columns of rows with 12-hex ids after `:after`, in id order.
-
-    A column an older site lacks reads as NULL, as the mirror stored it from that site.
-    """
-    have = set(columns)
-    named = ",".join(c if c in have else f"null as {c}" for c in VALUE_COLUMNS)
-    return (
-        f"select id,{named} from {table} where id>:after and {CONFORMS}"
-        f" order by id limit {int(limit)}"
-    )
-
-
 def source_values(row: Mapping[str, Any]) -> Values:
     """A source row's values as the mirror would store them."""
-    return tuple(stored_text(row.get(column)) for column in VALUE_COLUMNS)
+    return tuple(stored_text(row.get(column)) for column in UNHASHED_COLUMNS)
 
 
 def compare_answer(

@@ -85,6 +85,9 @@ class ActiveJob:
         self._rows_expected: int | None = None
         self._claimed_at = time.monotonic()
         self._waiting: str | None = None  # "rate limited" or "backing off" while it waits
+        # a catch-up's requests: those the cost model still expects, and those made so far
+        self._requests_left: float | None = None
+        self._requests_made = 0
 
     # ---- what it is -----------------------------------------------------------------------
 
@@ -107,6 +110,8 @@ class ActiveJob:
     rows_expected = property(lambda self: self._rows_expected, doc="What the source holds.")
     claimed_at = property(lambda self: self._claimed_at, doc="When this process claimed it.")
     waiting = property(lambda self: self._waiting, doc="Why its request waits, if it does.")
+    requests_left = property(lambda self: self._requests_left, doc="A catch-up's, predicted.")
+    requests_made = property(lambda self: self._requests_made, doc="A catch-up's, so far.")
 
     def __str__(self) -> str:
         return f"Job {self.job_id} {self.subdomain}/{self.document_type}"
@@ -201,6 +206,16 @@ class ActiveJob:
     def expect(self, rows: int | None) -> None:
         """What the source holds, or what a catch-up fetches, for progress."""
         self._rows_expected = rows
+
+    def plan_requests(self, requests: float) -> None:
+        """The requests the cost model expects the rest of a catch-up to take (its ETA)."""
+        self._requests_left = requests
+
+    def requested(self, requests: int = 1) -> None:
+        """A catch-up made requests: fewer are left."""
+        self._requests_made += requests
+        if self._requests_left is not None:
+            self._requests_left = max(self._requests_left - requests, 0.0)
 
     def wait(self, why: str | None) -> None:
         """Its request waits out a backoff or a rate limit (None: it does not any more)."""

@@ -224,16 +224,17 @@ async def delete(
     return pages, rejections
 
 
-async def tombstoned(
+async def known_rows(
     conn: psycopg.AsyncConnection, subdomain: str, document_type: str, ids: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """Of these ids, removed pages still kept: {id: the row as the source gave it, id-hashed part}.
+    """Of these ids, pages and removed pages kept: {id: the row's id-hashed part, as the source
+    gives it}.
 
     The id hashes kind, meeting, date, page and text, so these are what the source holds now;
-    only the columns outside the hash need fetching to bring such a page back.
+    only the columns outside the hash need fetching to update such a page or bring it back.
     """
     params: dict[str, Any] = {**_params(subdomain, document_type), "ids": ids}
-    rows = await (await conn.execute(query("tombstoned"), params)).fetchall()
+    rows = await (await conn.execute(query("known_rows"), params)).fetchall()
     return {
         row[0]: {
             "id": row[0],
@@ -252,12 +253,24 @@ async def purge_tombstones(conn: psycopg.AsyncConnection, days: float) -> int:
 
 
 async def local_digest(
-    conn: psycopg.AsyncConnection, subdomain: str, document_type: str
+    conn: psycopg.AsyncConnection,
+    subdomain: str,
+    document_type: str,
+    *,
+    depth: int = 2,
+    within: list[str] | None = None,
 ) -> digest.Digest:
-    """The mirror's digest of one (site, type): pages plus rejected rows."""
+    """The mirror's digest of one (site, type), pages plus rejected rows, by buckets of `depth`
+    hex digits: of every bucket, or of those in some buckets (all as deep) only."""
     cursor = await conn.execute(
         query("local_digest"),
-        {**_params(subdomain, document_type), "own_rows": [INVALID_ID, DUPLICATE_ID]},
+        {
+            **_params(subdomain, document_type),
+            "own_rows": [INVALID_ID, DUPLICATE_ID],
+            "depth": depth,
+            "within": within,
+            "within_depth": len(within[0]) if within else 0,
+        },
     )
     columns = [c.name for c in cursor.description or ()]
     return digest.read_digest(
@@ -279,8 +292,14 @@ async def local_counts(
 async def listing(
     conn: psycopg.AsyncConnection, subdomain: str, document_type: str, buckets: list[str]
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """Pages and rejections of some hex buckets: ({id: fingerprint}, {row_id: fingerprint})."""
-    params: dict[str, Any] = {**_params(subdomain, document_type), "buckets": buckets}
+    """Pages and rejections of some hex buckets, all as deep: ({id: fingerprint}, {row_id:
+    fingerprint})."""
+    depth = len(buckets[0]) if buckets else 2
+    params: dict[str, Any] = {
+        **_params(subdomain, document_type),
+        "buckets": buckets,
+        "depth": depth,
+    }
     pages = await (await conn.execute(query("local_listing"), params)).fetchall()
     rejected = await (await conn.execute(query("rejected_listing"), params)).fetchall()
     return {row[0]: int(row[1]) for row in pages}, {row[0]: int(row[1]) for row in rejected}

@@ -1,18 +1,23 @@
 """What catch-up and verification read from a site over many SQL answers, each by Source.sql.
 
-The digest (split into id ranges when a range hits the time limit or is cut short), listings of
-ids and fingerprints by keyset pages, every value for exact=true, rows whose ids keyset paging
-cannot reach, and rows by id in batches the URL limit allows. Each never takes an answer cut
-short for a complete one, and fails rather than loop on a source that does not advance.
+Digests of one or both tables (split into id ranges when a range hits the time limit or is cut
+short), bisection answers (sub-bucket digests and id listings, packed a bucket a row), every
+value for exact=true, rows whose ids keyset paging cannot reach, and rows by id (whole, or
+their values only) in requests as full as the URL limit and the answer's rows allow. Each never
+takes an answer cut short for a complete one, and fails rather than loop on a source that does
+not advance. Questions of both tables of a site go out together: that is what makes an
+unchanged site one request and a round of bisection one request for both.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import math
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from civicband import datasette, digest, exact
+from civicband import bisect, datasette, digest
+from civicband.bisect import ID_SEPARATOR, Answer, Ask
 from civicband.datasette import (
     DOCUMENT_TABLES,
     MAX_PAGE_SIZE,
@@ -31,35 +36,59 @@ LEGACY_COLUMNS = COLUMNS[:6]
 MAX_SPLIT_DEPTH = 2
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """Rows of one table from one answer: whole, or the values of ids the mirror knows."""
+
+    document_type: str
+    rows: list[dict[str, Any]]
+    whole: bool
+    unicode_checked: bool
+
+
 class Reads:
-    """A site's digest, listings, values and rows, asked through the Source that owns them."""
+    """A site's digests, bisections, values and rows, asked through the Source that owns them."""
 
     def __init__(self, source: Source) -> None:
         self.source = source
 
     async def digest(self, subdomain: str, document_type: str, size_hint: int = 0) -> digest.Digest:
-        """The source's digest of one table: one request, or one per id range on big tables.
+        """The source's digest of one table (see digests)."""
+        return (await self.digests(subdomain, [document_type], size_hint))[document_type]
+
+    async def digests(
+        self, subdomain: str, document_types: list[str], size_hint: int = 0
+    ) -> dict[str, digest.Digest]:
+        """The source's digests of these tables in one answer, or one per id range when they
+        are large (size_hint: their rows together).
 
         A range whose query hits the time limit, or whose answer is cut short, is split in
-        sixteen; a truncated answer is never taken for a complete one.
+        sixteen; a truncated answer is never taken for a complete one. A site that lacks
+        columns in one table is asked table by table: each is judged by its own columns.
         """
-        table = DOCUMENT_TABLES[document_type]
+        tables = {kind: DOCUMENT_TABLES[kind] for kind in document_types}
         ranges = [digest.IdRange()]
         if self.source.split_rows and size_hint > self.source.split_rows:
             ranges = ranges[0].split()
         # A range is split once for hitting the time limit: a part that hits it again fails the
         # digest, rather than 256 more requests to a site that cannot answer.
         born_of_interrupt: set[digest.IdRange] = set()
-        parts: list[digest.Digest] = []
+        parts: dict[str, list[digest.Digest]] = {kind: [] for kind in tables}
         while ranges:
             id_range = ranges.pop(0)
             splittable = id_range not in born_of_interrupt and id_range.depth < MAX_SPLIT_DEPTH
             try:
                 page = await self._with_columns(
                     subdomain,
-                    lambda cols, r=id_range: digest.digest_sql(table, cols, r),
+                    lambda cols, r=id_range: digest.digest_sql(tables, cols, r),
+                    alone=len(tables) == 1,
                     split_on_interrupt=splittable,
                 )
+            except LacksColumn:  # not alone: each table by its own columns
+                found: dict[str, digest.Digest] = {}
+                for kind in tables:
+                    found |= await self.digests(subdomain, [kind], size_hint // len(tables))
+                return found
             except Interrupted:
                 if not splittable:
                     raise
@@ -77,78 +106,138 @@ class Reads:
                 ranges[:0] = id_range.split()
                 continue
             try:
-                parts.append(digest.read_digest(page.rows))
+                for kind, part in digest.read_tagged(page.rows).items():
+                    if kind not in parts:
+                        raise digest.DigestError(f"digest answer names a table not asked: {kind}")
+                    parts[kind].append(part)
             except digest.DigestError as error:
                 raise SourceError(str(error), retryable=False) from None
-        self.source.stats.inc_value("civicband/digest/requests")
-        return digest.merge(parts)
+        self.source.stats.inc_value("civicband/digest/requests", len(tables))
+        return {kind: digest.merge(found) for kind, found in parts.items()}
 
     async def _with_columns(
         self,
         subdomain: str,
         build: Callable[[tuple[str, ...]], tuple[str, dict[str, Any]]],
+        *,
+        alone: bool = True,
         **kw: Any,
     ) -> datasette.TablePage:
         """Ask SQL that names the JSON columns; a site without them is asked without them.
 
         Never remembered: which columns a site has is a property of its latest rebuild, and a
-        site that gained columns must never be judged without them (SPEC §1).
+        site that gained columns must never be judged without them (SPEC §1). SQL over both
+        tables (not `alone`) raises LacksColumn instead: one table may have what the other
+        lacks, so the caller asks each alone.
         """
         sql, params = build(COLUMNS)
         try:
             return await self.source.sql(subdomain, sql, **kw, **params)
         except LacksColumn:
+            if not alone:
+                raise
             self.source.stats.inc_value("civicband/source/legacy_answers")
         sql, params = build(LEGACY_COLUMNS)
         return await self.source.sql(subdomain, sql, **kw, **params)
 
-    async def listing(
-        self, subdomain: str, document_type: str, buckets: list[str]
-    ) -> dict[str, int]:
-        """Every id and fingerprint in these hex buckets, by keyset pages until one is complete."""
-        table = DOCUMENT_TABLES[document_type]
-        found: dict[str, int] = {}
-        for chunk in self._chunks(
-            subdomain, buckets, lambda part: {"buckets": part, "after": "f" * 12}
-        ):
-            after = ""
-            while True:
+    async def bisect(
+        self, subdomain: str, asks: Mapping[str, Ask], rows: Mapping[str, Mapping[str, int]]
+    ) -> dict[str, Answer]:
+        """Each table's buckets answered at its depth (sub-bucket digests, or ids listed), in as
+        few answers as the URL limit, the answer's rows and the time limit allow.
+
+        `rows` says how many rows the source holds in each bucket (its digest): an answer
+        fingerprints no more than CIVICBAND_DIGEST_SPLIT_ROWS of them. An answer cut short or
+        stopped by the time limit is asked again in halves; a lone bucket stopped by it fails.
+        """
+        items = [(kind, p) for kind, ask in asks.items() for p in ask.prefixes]
+        got = {kind: Answer({}, {}) for kind in asks}
+        limit = self.source.split_rows or math.inf
+
+        def weight(item: tuple[str, str]) -> int:
+            return rows.get(item[0], {}).get(item[1], 0)
+
+        pending = self._pack(subdomain, items, self._bisect_url(subdomain, asks), weight, limit)
+        while pending:
+            batch = pending.pop(0)
+            part = {
+                kind: Ask(asks[kind].depth, tuple(p for k, p in batch if k == kind))
+                for kind in asks
+                if any(k == kind for k, _ in batch)
+            }
+            tables = {kind: DOCUMENT_TABLES[kind] for kind in part}
+            params = {n: v for kind, ask in part.items() for n, v in ask.params(kind).items()}
+            try:
                 page = await self._with_columns(
                     subdomain,
-                    lambda cols, chunk=chunk, after=after: (
-                        digest.listing_sql(table, cols, MAX_PAGE_SIZE),
-                        {"buckets": chunk, "after": after},
-                    ),
+                    lambda cols, tables=tables: (bisect.bisect_sql(tables, cols), {}),
+                    alone=len(tables) == 1,
+                    split_on_interrupt=len(batch) > 1,
+                    h=digest.HEX,
+                    **params,
                 )
-                for row in page.rows:
-                    found[str(row["id"])] = int(row["fp"] or 0)
-                self.source.stats.inc_value("civicband/catchup/listed", len(page.rows))
-                if not page.truncated and len(page.rows) < MAX_PAGE_SIZE:
-                    break
-                if not page.rows:
-                    raise SourceError("listing answer truncated with no rows", retryable=False)
-                last = str(page.rows[-1]["id"])
-                if last <= after:  # a source that answers the same page again would loop
-                    raise SourceError(f"listing does not advance past {after!r}", retryable=False)
-                after = last
-        return found
+            except LacksColumn:  # not alone: each table by its own columns
+                pending[:0] = [[i for i in batch if i[0] == kind] for kind in part]
+                continue
+            except Interrupted:
+                self.source.stats.inc_value("civicband/bisect/splits")
+                pending[:0] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+                continue
+            if page.truncated:
+                if len(batch) == 1:
+                    raise SourceError("bisection answer truncated for one bucket", retryable=False)
+                self.source.stats.inc_value("civicband/bisect/splits")
+                pending[:0] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+                continue
+            self.source.stats.inc_value("civicband/bisect/requests")
+            try:
+                answers = bisect.read_packed(page.rows, part)
+            except digest.DigestError as error:
+                raise SourceError(str(error), retryable=False) from None
+            for kind, answer in answers.items():
+                got[kind].digests |= answer.digests
+                got[kind].listed |= answer.listed
+                self.source.stats.inc_value("civicband/catchup/listed", len(answer.listed))
+        return got
+
+    def _bisect_url(self, subdomain: str, asks: Mapping[str, Ask]) -> Callable[[list], int]:
+        """The URL length of a bisection request carrying these items."""
+        tables = {kind: DOCUMENT_TABLES[kind] for kind in asks}
+        return self._url_length(
+            subdomain,
+            bisect.bisect_sql(tables, COLUMNS),
+            {"h": digest.HEX, **{f"{k}_d": str(a.depth) for k, a in asks.items()}},
+            names=lambda item: item[0],
+        )
+
+    async def listing(
+        self, subdomain: str, document_type: str, buckets: list[str], rows: Mapping[str, int]
+    ) -> dict[str, int]:
+        """Every id and fingerprint in these buckets (rows: the source's count in each)."""
+        if not buckets:
+            return {}
+        ask = Ask(bisect.LIST_DEPTH, tuple(buckets))
+        answer = await self.bisect(subdomain, {document_type: ask}, {document_type: rows})
+        return answer[document_type].listed
 
     async def values(
-        self, subdomain: str, document_type: str
+        self, subdomain: str, document_type: str, prefixes: Iterable[str] = ("",)
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """exact=true: every 12-hex-id row's untrusted columns, in id order, answer by answer.
+        """The untrusted columns of every 12-hex-id row in these buckets (all of them, for
+        exact=true), in id order, answer by answer.
 
         An answer cut short (`truncated`, a site whose max_returned_rows is below the limit
         asked) or full is continued after its last id; only a short untruncated one ends it.
         """
         table = DOCUMENT_TABLES[document_type]
+        joined = ID_SEPARATOR.join(prefixes)
         after = ""
         while True:
             page = await self._with_columns(
                 subdomain,
                 lambda cols, after=after: (
-                    exact.values_sql(table, cols, MAX_PAGE_SIZE),
-                    {"after": after},
+                    bisect.range_values_sql(table, cols, MAX_PAGE_SIZE),
+                    {"after": after, "r": joined},
                 ),
             )
             rows = page.rows
@@ -190,88 +279,114 @@ class Reads:
             if after <= before:  # a source that answers the same page again would loop
                 raise SourceError(f"rows do not advance past rowid {before}", retryable=False)
 
-    async def rows_by_id(
-        self, subdomain: str, document_type: str, ids: list[str]
-    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
-        """Whole rows for these ids, in batches as large as the URL limit allows.
-
-        An answer cut short (a site with a small max_returned_rows) is asked again for the ids it
-        lacked; ids the source no longer has are simply not returned.
-        """
-        sql = digest.rows_by_id_sql(DOCUMENT_TABLES[document_type])
-
-        async def ask(wanted: list[str]) -> datasette.TablePage:
-            return await self.source.sql(subdomain, sql, ids=wanted)
-
-        async for answer in self._by_id(subdomain, ids, sql, ask):
-            yield answer
-
-    async def values_by_id(
-        self, subdomain: str, document_type: str, ids: list[str]
-    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
-        """page_image, entities_json and votes_json of these ids, never their text (a restore)."""
-        table = DOCUMENT_TABLES[document_type]
-
-        async def ask(wanted: list[str]) -> datasette.TablePage:
-            return await self._with_columns(
-                subdomain, lambda cols: (digest.values_by_id_sql(table, cols), {}), ids=wanted
-            )
-
-        sql = digest.values_by_id_sql(table, COLUMNS)
-        async for answer in self._by_id(subdomain, ids, sql, ask):
-            yield answer
-
-    async def _by_id(
-        self,
-        subdomain: str,
-        ids: list[str],
-        sql: str,
-        ask: Callable[[list[str]], Awaitable[datasette.TablePage]],
-    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
-        """Answers for ids in URL-sized batches; a truncated answer is asked again for the rest."""
-        for batch in self._chunks(subdomain, ids, lambda part: {"ids": part}, sql=sql):
-            wanted = list(batch)
-            while wanted:
-                page = await ask(wanted)
-                rows = [row for row in page.rows if isinstance(row, dict)]
-                yield rows, page.unicode_checked
-                if not page.truncated:
-                    break
-                got = {row.get("id") for row in rows}
-                left = [i for i in wanted if i not in got]
-                if len(left) == len(wanted):
+    async def fetch(
+        self, subdomain: str, wanted: Mapping[tuple[str, bool], list[str]]
+    ) -> AsyncIterator[Fetched]:
+        """Rows by id, per (document type, whole): whole rows, or the values of ids whose other
+        columns the mirror holds; both tables' in the same answers, as many ids as the URL
+        and the answer's rows allow. An answer cut short is asked again for the ids it
+        lacked; ids the source no longer has are simply not returned."""
+        items = [(key, i) for key, ids in wanted.items() for i in ids]
+        pending = self._pack(
+            subdomain, items, self._fetch_url(subdomain, list(wanted)), lambda _: 0, math.inf
+        )
+        while pending:
+            batch = pending.pop(0)
+            keys = sorted({key for key, _ in batch})
+            parts = [(kind, DOCUMENT_TABLES[kind], whole) for kind, whole in keys]
+            params = {
+                f"{kind}_{'w' if whole else 'v'}": ID_SEPARATOR.join(
+                    i for k, i in batch if k == (kind, whole)
+                )
+                for kind, whole in keys
+            }
+            try:
+                page = await self._with_columns(
+                    subdomain,
+                    lambda cols, parts=parts: (bisect.fetch_sql(parts, cols), {}),
+                    alone=len({kind for kind, _ in keys}) == 1,
+                    **params,
+                )
+            except LacksColumn:  # not alone: each table by its own columns
+                kinds = sorted({kind for kind, _ in keys})
+                pending[:0] = [[i for i in batch if i[0][0] == kind] for kind in kinds]
+                continue
+            got: set[tuple[tuple[str, bool], str]] = set()
+            for key in keys:
+                kind, whole = key
+                label = kind if whole else f"{kind}.v"
+                rows = [
+                    {k: v for k, v in row.items() if k != "tag"}
+                    for row in page.rows
+                    if isinstance(row, dict) and row.get("tag") == label
+                ]
+                if not whole:
+                    rows = [
+                        {c: row.get(c) for c in ("id", *digest.UNHASHED_COLUMNS)} for row in rows
+                    ]
+                got.update((key, row.get("id")) for row in rows)
+                yield Fetched(kind, rows, whole, page.unicode_checked)
+            if page.truncated:
+                left = [item for item in batch if item not in got]
+                if len(left) == len(batch):
                     raise SourceError("answer by id truncated with no rows", retryable=False)
-                wanted = left
+                pending.insert(0, left)
 
-    def _chunks(
-        self,
-        subdomain: str,
-        items: list[str],
-        params: Callable[[list[str]], dict[str, Any]],
-        sql: str | None = None,
-    ) -> list[list[str]]:
-        """Split items into batches whose request URL stays within URLLENGTH_LIMIT."""
-        if sql is None:
-            sql = digest.listing_sql("minutes", COLUMNS, MAX_PAGE_SIZE)  # the longest listing
+    def _fetch_url(self, subdomain: str, keys: list[tuple[str, bool]]) -> Callable[[list], int]:
+        """The URL length of a by-id request carrying these items."""
+        parts = [(kind, DOCUMENT_TABLES[kind], whole) for kind, whole in keys]
+        return self._url_length(
+            subdomain,
+            bisect.fetch_sql(parts, COLUMNS),
+            {},
+            names=lambda item: f"{item[0][0]}_{'w' if item[0][1] else 'v'}",
+        )
+
+    def _url_length(
+        self, subdomain: str, sql: str, fixed: dict[str, str], names: Callable[[Any], str]
+    ) -> Callable[[list], int]:
+        """How long a request's URL is with these items in its joined parameters: each item's
+        text and one separator, both kept verbatim in a URL (hex digits and ".")."""
         root = self.source.root(subdomain)
         dialect = self.source.dialects.get(subdomain, "1.0")
+        base = len(datasette.sql_url(root, dialect, sql, **fixed))
 
-        def length(part: list[str]) -> int:
-            values = {
-                k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-                for k, v in params(part).items()
-            }
-            return len(datasette.sql_url(root, dialect, sql, **values))
+        def length(batch: list) -> int:
+            params: dict[str, int] = {}
+            for item in batch:
+                name = names(item)
+                params[name] = params.get(name, -1) + len(item[-1]) + 1
+            return base + sum(len(name) + 2 + n for name, n in params.items())
 
-        batches: list[list[str]] = []
-        current: list[str] = []
+        return length
+
+    def _pack(
+        self,
+        subdomain: str,
+        items: list,
+        url_length: Callable[[list], int],
+        weight: Callable[[Any], int],
+        limit: float,
+    ) -> list[list]:
+        """Items in batches within URLLENGTH_LIMIT, the answer's rows and a weight limit."""
+        rows_cap = self.source.page_limits.get(subdomain, MAX_PAGE_SIZE)
+        batches: list[list] = []
+        current: list = []
+        load = 0
         for item in items:
-            if current and length([*current, item]) > self.source.url_limit:
+            grown = [*current, item]
+            if current and (
+                url_length(grown) > self.source.url_limit
+                or len(grown) > rows_cap
+                or load + weight(item) > limit
+            ):
                 batches.append(current)
-                current = []
-            current.append(item)
-        if current:
-            if length(current[:1]) > self.source.url_limit:
+                current, load = [], 0
+                grown = [item]
+            if url_length(grown) > self.source.url_limit:
                 raise SourceError("SQL request longer than URLLENGTH_LIMIT", retryable=False)
+            current = grown
+            load += weight(item)
+        if current:
             batches.append(current)
         return batches

@@ -51,6 +51,9 @@ CIVICBAND_TOMBSTONE_DAYS = 30
 # warm and 27 us cold (bench/digest.py), so one query over 50,000 rows stays within civic.band's
 # 3 s limit. A query that hits the limit anyway is split in 16 once more.
 CIVICBAND_DIGEST_SPLIT_ROWS = 50_000
+# What one request is worth in bytes of answer, for the catch-up's cost model (its bisection
+# depth, and whether a full pass is cheaper): 0 is 256 KB with the secret, 4 MB without.
+CIVICBAND_REQUEST_BYTES = 0
 # Spidermon's rejected-rows monitor fails past this many rows rejected in one crawl.
 CIVICBAND_MONITOR_MAX_REJECTED = 0
 # Where the final stats go as JSON (empty: nowhere).

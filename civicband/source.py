@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Self
 
 from scrapy import Request
@@ -194,30 +194,14 @@ class Source:
         """The source's digest of one table (Reads.digest)."""
         return await self.reads.digest(subdomain, document_type, size_hint)
 
-    async def listing(
-        self, subdomain: str, document_type: str, buckets: list[str]
-    ) -> dict[str, int]:
-        """Every id and fingerprint in these hex buckets (Reads.listing)."""
-        return await self.reads.listing(subdomain, document_type, buckets)
-
-    def values(self, subdomain: str, document_type: str) -> AsyncIterator[list[dict[str, Any]]]:
-        """exact=true: every row's untrusted columns, answer by answer (Reads.values)."""
-        return self.reads.values(subdomain, document_type)
+    def values(
+        self, subdomain: str, document_type: str, prefixes: Iterable[str] = ("",)
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The untrusted columns of every row in these buckets, answer by answer (Reads.values)."""
+        return self.reads.values(subdomain, document_type, prefixes)
 
     async def other_rows(
         self, subdomain: str, document_type: str
     ) -> tuple[list[dict[str, Any]], bool]:
         """Whole rows whose ids keyset paging cannot reach (Reads.other_rows)."""
         return await self.reads.other_rows(subdomain, document_type)
-
-    def rows_by_id(
-        self, subdomain: str, document_type: str, ids: list[str]
-    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
-        """Whole rows for these ids, batch by batch (Reads.rows_by_id)."""
-        return self.reads.rows_by_id(subdomain, document_type, ids)
-
-    def values_by_id(
-        self, subdomain: str, document_type: str, ids: list[str]
-    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
-        """page_image, entities_json and votes_json of these ids, never their text (a restore)."""
-        return self.reads.values_by_id(subdomain, document_type, ids)

@@ -93,7 +93,7 @@ class Verify:
         difference = None
         if differ:
             try:
-                difference = await self._list(job, differ)
+                difference = await self._list(job, differ, source_digest)
             except SourceError as error:
                 note = f"the differing ids could not be listed: {error}"
         equal = source_digest is not None and not differ
@@ -174,12 +174,15 @@ class Verify:
         warn_large_removal(self.stats, job, removed=removed, local=local, ratio=self.warn_ratio)
         return None
 
-    async def _list(self, job: ActiveJob, differ: list[str]) -> Difference:
+    async def _list(
+        self, job: ActiveJob, differ: list[str], source_digest: digest.Digest
+    ) -> Difference:
         """List the differing buckets on both sides, to say exactly what is missing or extra."""
         registry, source = self.registry, self.source
         site, kind = job.subdomain, job.document_type
         hexes = [b for b in differ if b != OTHER]
-        source_ids = await source.listing(site, kind, hexes) if hexes else {}
+        rows = {b: source_digest.get(b, digest.Bucket()).n for b in hexes}
+        source_ids = await source.reads.listing(site, kind, hexes, rows)
         local_ids, rejected_ids = await registry.run_step(
             job, "reading the mirror", lambda conn: mirror.listing(conn, site, kind, hexes)
         )

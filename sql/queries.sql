@@ -375,7 +375,8 @@ SELECT (SELECT count(*) FROM meeting_pages
         WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s) AS rejected
 
 -- name: local_digest
--- The mirror's side of civicband/digest.py: pages plus rejected rows, per id bucket.
+-- The mirror's side of civicband/digest.py and bisect.py: pages plus rejected rows, per id
+-- bucket of `depth` hex digits.
 WITH ids AS (
     SELECT id, content_fp, 1 AS copies FROM meeting_pages
      WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
@@ -391,22 +392,26 @@ WITH ids AS (
 ), classed AS (
     SELECT id, content_fp, copies, coalesce(id ~ '^[0-9a-f]{12}$', false) AS hex FROM ids
 )
-SELECT CASE WHEN hex THEN substr(id, 1, 2) ELSE '~' END AS bucket, sum(copies) AS n,
+SELECT CASE WHEN hex THEN substr(id, 1, %(depth)s) ELSE '~' END AS bucket, sum(copies) AS n,
        coalesce(sum(copies * ('x' || substr(id, 1, 6))::bit(24)::int) FILTER (WHERE hex), 0) AS hi,
        coalesce(sum(copies * ('x' || substr(id, 7, 6))::bit(24)::int) FILTER (WHERE hex), 0) AS lo,
        coalesce(sum(copies * content_fp), 0)::bigint AS fp
-FROM classed GROUP BY 1
+FROM classed
+-- Within some buckets only (a bisection's sub-buckets), or the whole (site, type) when NULL.
+WHERE %(within)s::text[] IS NULL
+   OR (hex AND substr(id, 1, %(within_depth)s) = ANY(%(within)s::text[]))
+GROUP BY 1
 
 -- name: local_listing
--- Pages of some hex buckets: id and fingerprint.
+-- Pages of some hex buckets (all as deep): id and fingerprint.
 SELECT id, content_fp FROM meeting_pages
  WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
-   AND id ~ '^[0-9a-f]{12}$' AND substr(id, 1, 2) = ANY(%(buckets)s)
+   AND id ~ '^[0-9a-f]{12}$' AND substr(id, 1, %(depth)s) = ANY(%(buckets)s)
 
 -- name: rejected_listing
 SELECT row_id, content_fp FROM rejected_rows
  WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
-   AND row_id ~ '^[0-9a-f]{12}$' AND substr(row_id, 1, 2) = ANY(%(buckets)s)
+   AND row_id ~ '^[0-9a-f]{12}$' AND substr(row_id, 1, %(depth)s) = ANY(%(buckets)s)
 
 -- name: local_other
 -- Pages whose ids are not 12 lowercase hex digits.
@@ -475,11 +480,19 @@ SELECT pg_advisory_xact_lock(%(class)s, 0)
 -- Delivered at commit, only if the transaction commits: the highest version it took.
 SELECT pg_notify('civicband_changes', %(version)s::text)
 
--- name: tombstoned
--- Of these ids, those removed pages the mirror still holds as tombstones: their text is known.
-SELECT id, meeting_name, meeting_date, page_number, text FROM page_tombstones
+-- name: known_rows
+-- Of these ids, those whose text the mirror holds, as a page or as a removed page's tombstone:
+-- the id hashes kind, meeting, date, page and text, so only the other columns need fetching.
+SELECT p.id, d.meeting_name, d.meeting_date, p.page_number, p.text
+  FROM meeting_pages p JOIN meeting_documents d ON d.id = p.document_id
+ WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
+   AND p.id = ANY(%(ids)s::text[])
+UNION ALL
+SELECT id, meeting_name, meeting_date, page_number, text FROM page_tombstones t
  WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
    AND id = ANY(%(ids)s::text[])
+   AND NOT EXISTS (SELECT 1 FROM meeting_pages p WHERE p.subdomain = t.subdomain
+                      AND p.document_type = t.document_type AND p.id = t.id)
 
 -- name: purge_tombstones
 -- Tombstones past CIVICBAND_TOMBSTONE_DAYS: consumers had that long to read the removal.

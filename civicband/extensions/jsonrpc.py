@@ -66,6 +66,7 @@ PROGRESS_KEYS = (
     "rows_expected",
     "rate",
     "eta_seconds",
+    "requests_left",
 )
 REDACTED = "***"
 MAX_DEPTH = 32

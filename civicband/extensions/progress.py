@@ -37,7 +37,10 @@ def job_progress(job: ActiveJob, now: float) -> dict[str, Any]:
     rate = done_here / elapsed if done_here > 0 else 0.0
     left = None if job.rows_expected is None else max(job.rows_expected - job.rows_done, 0)
     seconds = None
-    if job.waiting is None and left is not None and rate > 0:
+    if job.waiting is None and job.requests_left is not None and job.requests_made > 0:
+        # A catch-up: the requests the cost model still expects, at its pace so far.
+        seconds = job.requests_left * elapsed / job.requests_made
+    elif job.waiting is None and left is not None and rate > 0:
         seconds = left / rate
     return {
         "job_id": job.job_id,
@@ -49,6 +52,7 @@ def job_progress(job: ActiveJob, now: float) -> dict[str, Any]:
         "rows_expected": job.rows_expected,
         "rate": round(rate, 1),
         "eta_seconds": None if seconds is None else round(seconds),
+        "requests_left": None if job.requests_left is None else round(job.requests_left),
     }
 
 

@@ -9,7 +9,8 @@ import pytest
 from scrapy.utils.test import get_crawler
 
 from civicband import settings as project
-from civicband.catchup import CatchUp, changed_since, other_difference, raw_md5, shrink_refusal
+from civicband import cost
+from civicband.catchup import CatchUp, agrees, listed_digest, other_difference, raw_md5, shrink_refusal
 from civicband.datasette import SourceError, TablePage
 from civicband.digest import OTHER, Bucket, Difference, content_fp
 from civicband.rows import raw_text
@@ -153,47 +154,68 @@ def catch_up(arguments, **settings):
 
 
 @pytest.mark.parametrize(
-    ("secret", "arguments", "limit", "fetch", "cheaper"),
+    ("secret", "arguments", "limit", "page_size", "request_bytes"),
     [
-        ("s", {}, None, 1_500, True),  # 15 by-id requests against 10 pages of 1000 (+1)
-        ("s", {}, None, 900, False),
-        ("", {}, None, 9_000, False),  # public pages hold 100 rows: 101 pages against 90 requests
-        ("", {}, None, 10_500, True),
-        ("s", {}, 100, 9_000, False),  # a site whose max_returned_rows is 100: the same
-        ("s", {"batch_size": "100"}, None, 9_000, False),  # pages of -a batch_size: the same
+        ("s", {}, None, 1000, 256 * 1024),
+        ("", {}, None, 100, 4 * 1024 * 1024),  # public pages hold 100 rows
+        ("s", {}, 100, 100, 256 * 1024),  # a site whose max_returned_rows is 100
+        ("s", {"batch_size": "200"}, None, 200, 256 * 1024),  # pages of -a batch_size
     ],
 )
-def test_a_full_pass_is_chosen_only_when_it_takes_fewer_requests(
-    secret, arguments, limit, fetch, cheaper
+def test_the_cost_model_sees_the_pages_and_the_worth_of_a_request(
+    secret, arguments, limit, page_size, request_bytes
 ):
     catchup, source = catch_up(arguments, CIVICBAND_SERVICE_SECRET=secret)
     if limit:
         source.page_limits["site"] = limit
-    assert catchup._cheaper_to_page("site", fetch, 10_000) is cheaper
+    limits = catchup.limits("site")
+    assert (limits.page_size, limits.request_bytes) == (page_size, request_bytes)
+    assert limits.max_rows == (limit or 1000)
 
 
-def id_bucket(*ids: str) -> Bucket:
+def test_the_request_bytes_setting_overrides_the_default():
+    catchup, _ = catch_up({}, CIVICBAND_SERVICE_SECRET="s", CIVICBAND_REQUEST_BYTES=1000)
+    assert catchup.limits("site").request_bytes == 1000
+
+
+@pytest.mark.parametrize(
+    ("new", "changed", "cheaper"),
+    [
+        (100, 0, False),  # a few new pages: the catch-up
+        (0, 10_000, False),  # every value re-extracted: values only cost far fewer bytes
+        (9_000, 0, True),  # nearly every page new (a site re-OCR'd): pages cost less
+    ],
+)
+def test_a_full_pass_is_chosen_only_when_the_model_finds_it_cheaper(new, changed, cheaper):
+    limits = cost.Limits()
+    fetch = cost.fetch_cost(new, changed, limits)
+    assert (fetch.units(limits) > cost.full_pass(10_000, limits).units(limits)) is cheaper
+
+
+def id_bucket(*ids: str, fp: int = 0) -> Bucket:
     """A bucket's count and id sums, as the source's digest gives them."""
-    return Bucket(len(ids), sum(int(i[:6], 16) for i in ids), sum(int(i[6:], 16) for i in ids))
+    return Bucket(
+        len(ids), sum(int(i[:6], 16) for i in ids), sum(int(i[6:], 16) for i in ids), fp
+    )
 
 
-def test_listings_that_disagree_with_the_digest_stop_the_catch_up():
-    source_digest = {
-        "ab": id_bucket("ab0000000001", "ab0000000002"),
-        "cd": id_bucket("cd0000000001"),
-        OTHER: Bucket(n=1),
+def test_answers_that_disagree_with_the_digest_stop_the_catch_up():
+    listed = {"ab0000000001": 1, "ab0000000002": 2, "cd0000000001": 3}
+    sums = listed_digest(listed, 2)
+    assert sums == {
+        "ab": id_bucket("ab0000000001", "ab0000000002", fp=3),
+        "cd": id_bucket("cd0000000001", fp=3),
     }
-    ids = {"ab0000000001": 1, "ab0000000002": 2, "cd0000000001": 3}
-    changed_since(source_digest, ["ab", "cd"], ids, [row("X")])  # the same site: no error
+    agrees(id_bucket("ab0000000001", "ab0000000002", fp=3), sums["ab"], "ab")  # the same site
     # As many ids as the digest counts, but not the same ones: the site was rebuilt meanwhile.
-    with pytest.raises(SourceError, match=r"bucket 'ab': 2 rows in its digest, 2 listed"):
-        changed_since(source_digest, ["ab"], {"ab0000000001": 1, "ab0000000003": 2}, None)
-    with pytest.raises(SourceError, match=r"bucket 'cd': 1 rows in its digest, 0 listed"):
-        changed_since(source_digest, ["ab", "cd"], {k: v for k, v in ids.items() if k < "c"}, None)
-    with pytest.raises(SourceError, match=r"bucket '~': 1 rows in its digest, 0 listed"):
-        changed_since(source_digest, ["ab", "cd"], ids, [])
-    with pytest.raises(SourceError, match=r"bucket 'ef': 0 rows in its digest, 1 listed"):
-        changed_since(source_digest, ["ef"], {"ef0000000001": 1}, None)
+    other = listed_digest({"ab0000000001": 1, "ab0000000003": 2}, 2)["ab"]
+    with pytest.raises(SourceError, match=r"bucket 'ab': 2 rows in its digest, 2 in a later"):
+        agrees(sums["ab"], other, "ab")
+    with pytest.raises(SourceError, match=r"bucket 'cd': 1 rows in its digest, 0 in a later"):
+        agrees(sums["cd"], Bucket(), "cd")
+    # The same ids with other values: a later answer shows another site.
+    with pytest.raises(SourceError, match="nothing was deleted"):
+        agrees(sums["cd"], id_bucket("cd0000000001", fp=4), "cd")
 
 
 def repeating_source(rows):
@@ -207,10 +229,10 @@ def repeating_source(rows):
     return source
 
 
-def test_a_listing_that_does_not_advance_is_an_error_not_a_loop():
-    source = repeating_source([{"id": "ab0000000001", "fp": 1}])
-    with pytest.raises(SourceError, match="listing does not advance past 'ab0000000001'"):
-        asyncio.run(source.listing("site", "agenda", ["ab"]))
+def test_a_listing_cut_short_for_one_bucket_is_an_error_not_a_loop():
+    source = repeating_source([{"tag": "agenda", "p": "ab", "packed": "0000000001:1"}])
+    with pytest.raises(SourceError, match="bisection answer truncated for one bucket"):
+        asyncio.run(source.reads.listing("site", "agenda", ["ab"], {"ab": 1}))
 
 
 def test_other_rows_that_do_not_advance_are_an_error_not_a_loop():
