@@ -18,8 +18,10 @@ import pytest
 from scrapy import Request
 
 from bench.fingerprint import old_content_fp, v2_content_fp
+from civicband.bisect import LIST_DEPTH, Ask, bisect_sql, read_packed
 from civicband.datasette import sql_url
 from civicband.digest import (
+    HEX,
     MODULUS,
     OTHER,
     Bucket,
@@ -34,14 +36,11 @@ from civicband.digest import (
     digest_sql,
     id_factor,
     id_halves,
-    listing_sql,
     merge,
     other_rows_sql,
     read_digest,
-    rows_by_id_sql,
     seen_whole,
     value_fp,
-    values_by_id_sql,
 )
 from civicband.reads import MAX_SPLIT_DEPTH
 from civicband.settings import URLLENGTH_LIMIT
@@ -170,12 +169,22 @@ def python_digest(rows: Iterable[Mapping[str, Any]]) -> dict[str, Bucket]:
     return total
 
 
+def sqlite_listing(
+    conn: sqlite3.Connection, columns: tuple[str, ...], buckets: list[str]
+) -> dict[str, int]:
+    """Ids and fingerprints of some buckets, as the source lists them (bisect_sql)."""
+    ask = Ask(LIST_DEPTH, tuple(buckets))
+    rows = query(
+        conn, bisect_sql({"agenda": "agendas"}, columns), {"h": HEX, **ask.params("agenda")}
+    )
+    return read_packed(rows, {"agenda": ask})["agenda"].listed
+
+
 def sqlite_fp(value: Any, column: str = "page_image", row_id: str = "ab0000000000") -> int:
-    """SQLite's fingerprint of a row holding `value` in one column (listing_sql's fp)."""
-    conn = table([{"id": row_id, column: value}])
-    rows = query(conn, listing_sql("agendas", COLUMNS, 10), {"buckets": [row_id[:2]], "after": ""})
-    assert [r["id"] for r in rows] == [row_id]
-    return rows[0]["fp"]
+    """SQLite's fingerprint of a row holding `value` in one column (as listed)."""
+    listed = sqlite_listing(table([{"id": row_id, column: value}]), COLUMNS, [row_id[:2]])
+    assert list(listed) == [row_id]
+    return listed[row_id]
 
 
 def sqlite_bucket_fp(rows: list[dict[str, Any]]) -> int:
@@ -209,10 +218,9 @@ def test_a_blob_fingerprints_as_its_bytes_on_both_sides(data):
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE agendas (id TEXT PRIMARY KEY, page_image, entities_json)")
     conn.execute("INSERT INTO agendas VALUES ('ab0000000000', ?, ?)", (data, b"\x80"))
-    sql = listing_sql("agendas", ("id", "page_image", "entities_json"), 10)
-    [listed] = query(conn, sql, {"buckets": ["ab"], "after": ""})
+    listed = sqlite_listing(conn, ("id", "page_image", "entities_json"), ["ab"])
     row = {"id": "ab0000000000", "page_image": blob(data), "entities_json": blob(b"\x80")}
-    assert listed["fp"] == content_fp(row) != 0
+    assert listed["ab0000000000"] == content_fp(row) != 0
 
 
 def test_nul_counts_as_sqlite_reads_it():
@@ -379,9 +387,9 @@ def test_two_rows_exchanging_their_values_change_the_bucket_sum():
 def test_content_fp_of_a_row_is_what_sqlite_lists_for_it():
     rows = make_rows(hex_ids(len(HOSTILE_VALUES) * 3, seed=1), seed=1)
     conn = table(rows)
-    buckets = sorted({bucket_of(r["id"]) for r in rows})
-    listed = query(conn, listing_sql("agendas", COLUMNS, 10_000), {"buckets": buckets, "after": ""})
-    assert {r["id"]: r["fp"] for r in listed} == {r["id"]: content_fp(r) for r in rows}
+    buckets = sorted({bucket_of(r["id"]) for r in rows} - {OTHER})
+    listed = sqlite_listing(conn, COLUMNS, buckets)
+    assert listed == {r["id"]: content_fp(r) for r in rows}
 
 
 def test_legacy_tables_fingerprint_only_the_columns_they_have():
@@ -390,11 +398,10 @@ def test_legacy_tables_fingerprint_only_the_columns_they_have():
         for row in make_rows(hex_ids(40, seed=2), seed=2)
     ]
     conn = table(rows, LEGACY_COLUMNS)
-    buckets = sorted({bucket_of(r["id"]) for r in rows})
-    sql = listing_sql("agendas", LEGACY_COLUMNS, 10_000)
-    listed = query(conn, sql, {"buckets": buckets, "after": ""})
-    assert {r["id"]: r["fp"] for r in listed} == {r["id"]: content_fp(r) for r in rows}
-    assert {r["id"]: r["fp"] for r in listed} == {
+    buckets = sorted({bucket_of(r["id"]) for r in rows} - {OTHER})
+    listed = sqlite_listing(conn, LEGACY_COLUMNS, buckets)
+    assert listed == {r["id"]: content_fp(r) for r in rows}
+    assert listed == {
         r["id"]: content_fp({"id": r["id"], "page_image": r["page_image"]}) for r in rows
     }
 
@@ -540,45 +547,17 @@ def test_where_of_an_open_range_is_everything():
     assert IdRange().depth == 0
 
 
-# ---- listing_sql and other_rows_sql --------------------------------------------------------------
+# ---- listings and other_rows_sql ----------------------------------------------------------------
 
 
-def page_through_listing(conn, columns, buckets, limit):
-    listed, after = [], ""
-    while True:
-        page = query(
-            conn, listing_sql("agendas", columns, limit), {"buckets": buckets, "after": after}
-        )
-        listed += page
-        if len(page) < limit:
-            return listed
-        after = str(page[-1]["id"])
-
-
-@pytest.mark.parametrize("limit", [1, 3, 1000])
-def test_listing_pages_the_conforming_ids_of_the_buckets_in_order(limit):
+def test_a_listing_holds_exactly_the_conforming_ids_of_the_buckets():
     rows = hostile_table_rows(seed=6)
     conn = table(rows)
-    buckets = ["00", "12", "ab", "ff", OTHER, "zz"]
-    listed = page_through_listing(conn, COLUMNS, buckets, limit)
-    expected = sorted(
-        (r for r in rows if bucket_of(r["id"]) in buckets and bucket_of(r["id"]) != OTHER),
-        key=lambda r: r["id"],
-    )
-    assert [r["id"] for r in listed] == [r["id"] for r in expected]
-    assert [r["fp"] for r in listed] == [content_fp(r) for r in expected]
-    assert {"123456789012", "ffffffffffff"} <= {r["id"] for r in listed}
-
-
-def test_listing_starts_after_the_keyset():
-    rows = make_rows(["ab0000000001", "ab0000000002", "ab0000000003", "ac0000000000"])
-    conn = table(rows)
-    got = query(
-        conn,
-        listing_sql("agendas", COLUMNS, 10),
-        {"buckets": ["ab", "ac"], "after": "ab0000000001"},
-    )
-    assert [r["id"] for r in got] == ["ab0000000002", "ab0000000003", "ac0000000000"]
+    buckets = ["00", "12", "ab", "ff"]
+    listed = sqlite_listing(conn, COLUMNS, buckets)
+    expected = {r["id"]: content_fp(r) for r in rows if bucket_of(r["id"]) in buckets}
+    assert listed == expected
+    assert {"123456789012", "ffffffffffff"} <= set(listed)
 
 
 @pytest.mark.parametrize("limit", [1, 2, 1000])
@@ -596,27 +575,6 @@ def test_other_rows_are_exactly_the_non_conforming_rows_by_rowid(limit):
     expected = [r for r in rows if bucket_of(r["id"]) == OTHER]
     assert got == expected
     assert len(got) > 20
-
-
-def test_rows_by_id_keeps_all_digit_ids_as_text():
-    rows = make_rows(["004351235980", "4351235980", "abcdef012345"])
-    conn = table(rows)
-    got = query(conn, rows_by_id_sql("agendas"), {"ids": ["004351235980", "abcdef012345"]})
-    assert sorted(r["id"] for r in got) == ["004351235980", "abcdef012345"]
-
-
-def test_values_by_id_selects_the_unhashed_columns_never_the_text_and_nulls_what_a_site_lacks():
-    rows = make_rows(["004351235980", "4351235980", "abcdef012345"])
-    wanted = {"ids": ["004351235980", "abcdef012345"]}
-    got = query(table(rows), values_by_id_sql("agendas", COLUMNS), wanted)
-    assert [sorted(r) for r in got] == [["entities_json", "id", "page_image", "votes_json"]] * 2
-    by_id = {r["id"]: r for r in rows}
-    for row in got:
-        assert row == {k: by_id[row["id"]][k] for k in row}
-    assert "text" not in values_by_id_sql("agendas", COLUMNS)
-    legacy = LEGACY_COLUMNS
-    old = query(table(rows, legacy), values_by_id_sql("agendas", legacy), wanted)
-    assert {(r["entities_json"], r["votes_json"]) for r in old} == {(None, None)}
 
 
 # ---- read_digest ---------------------------------------------------------------------------------

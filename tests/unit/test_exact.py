@@ -2,10 +2,10 @@
 
 import pytest
 
-from civicband import exact, jobs
+from civicband import jobs
 from civicband.args import ArgumentError, parse_arguments
 from civicband.digest import Difference
-from civicband.exact import Exact, compare_answer, values_sql
+from civicband.exact import Exact, compare_answer
 from civicband.verify import decide, with_exact
 
 VOTES = '{"tally": {"ayes": 7, "nays": 0}, "motion_by": "Park"}'
@@ -13,14 +13,6 @@ VOTES = '{"tally": {"ayes": 7, "nays": 0}, "motion_by": "Park"}'
 
 def row(row_id: str, image="p.png", entities="[]", votes=VOTES) -> dict:
     return {"id": row_id, "page_image": image, "entities_json": entities, "votes_json": votes}
-
-
-def test_values_sql_pages_on_id_and_reads_missing_columns_as_null():
-    sql = values_sql("minutes", ("id", "page_image"), 1000)
-    assert sql.startswith("select id,page_image,null as entities_json,null as votes_json ")
-    assert "from minutes where id>:after and " in sql
-    assert sql.endswith(" order by id limit 1000")
-    assert "null as" not in values_sql("agendas", exact.VALUE_COLUMNS, 50)
 
 
 def test_a_value_changed_at_the_same_length_is_stale_and_the_rest_counted():

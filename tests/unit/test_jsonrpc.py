@@ -435,6 +435,7 @@ def test_get_progress_from_an_injected_provider(loop: asyncio.AbstractEventLoop)
             "rows_expected": 6000,
             "rate": 12.5,
             "eta_seconds": 360.0,
+            "requests_left": None,
             "lease": "not for clients",
         },
         {"job_id": 8, "subdomain": "berkeley.ca", "document_type": "minutes", "eta_seconds": None},
@@ -455,6 +456,7 @@ def test_get_progress_from_an_injected_provider(loop: asyncio.AbstractEventLoop)
         "rows_expected": None,
         "rate": None,
         "eta_seconds": None,
+        "requests_left": None,
     }
 
 
