@@ -127,8 +127,8 @@ def fetch_sql(parts: Iterable[tuple[str, str, bool]], columns: Iterable[str]) ->
     """Rows by id for several (tag, table, whole) parts in one answer, each row tagged.
 
     A whole part's ids (parameter `<tag>_w`) come with every column; a values part's
-    (`<tag>_v`, tagged `<tag>.v`) with page_image, entities_json and votes_json only: their
-    other columns are hashed into the id, so the mirror already holds them.
+    (`<tag>_v`, tagged `<tag>.v`) with page_image, entities_json and votes_json, and meeting,
+    date and page, never the text: the id hashes it, so the mirror already holds it.
     """
     members = []
     for tag, table, whole in parts:
@@ -136,10 +136,8 @@ def fetch_sql(parts: Iterable[tuple[str, str, bool]], columns: Iterable[str]) ->
         name = f"{tag}_{'w' if whole else 'v'}"
         label = tag if whole else f"{tag}.v"
         select = _select(columns, wanted)
-        if not whole:
-            select = "id,null as meeting,null as date,null as page,null as text," + _select(
-                columns, UNHASHED_COLUMNS
-            )
+        if not whole:  # meeting, date and page too: few bytes, and they show a stale text
+            select = "id,meeting,date,page,null as text," + _select(columns, UNHASHED_COLUMNS)
         members.append(
             f"select '{label}' tag,{select} from {table} where id in (select value from"
             f" {joined(name)})"
@@ -147,15 +145,16 @@ def fetch_sql(parts: Iterable[tuple[str, str, bool]], columns: Iterable[str]) ->
     return " union all ".join(members)
 
 
-def range_values_sql(table: str, columns: Iterable[str], limit: int) -> str:
+def range_values_sql(table: str, columns: Iterable[str], limit: int, *, located: bool) -> str:
     """page_image, entities_json and votes_json of every 12-hex-id row in some buckets (`:r`,
     prefixes joined by "."; "" is every bucket), in id order after `:after`: a range whose rows
-    nearly all changed, or every value for exact=true.
+    nearly all changed (`located`: with meeting, date and page), or every value for exact=true.
 
     A column an older site lacks reads as NULL, as the mirror stored it from that site.
     """
     have = set(columns)
-    values = "".join(f",s.{c} {c}" if c in have else f",null as {c}" for c in UNHASHED_COLUMNS)
+    wanted = (*(("meeting", "date", "page") if located else ()), *UNHASHED_COLUMNS)
+    values = "".join(f",s.{c} {c}" if c in have else f",null as {c}" for c in wanted)
     return (
         f"select * from (select s.id id{values} from {joined('r')} j join {table} s"
         f" on s.id>=j.value and s.id<j.value||'g') where id>:after and {digest.CONFORMS}"

@@ -103,6 +103,25 @@ def listed_digest(listed: Mapping[str, int], depth: int) -> digest.Digest:
     return found
 
 
+def with_text(
+    values: Iterable[Mapping[str, Any]], known: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows fetched for their values, made whole with the text the mirror holds for their ids;
+    and the ids whose meeting, date or page the source no longer gives as the mirror has them
+    (their text may have moved too: they are fetched whole)."""
+    rows: list[dict[str, Any]] = []
+    moved: list[str] = []
+    for row in values:
+        mine = known.get(str(row.get("id")))
+        if mine is None:
+            continue
+        if any(row.get(c) != mine[c] for c in ("meeting", "date", "page")):
+            moved.append(str(row["id"]))
+            continue
+        rows.append({**mine, **row})
+    return rows, moved
+
+
 def shrink_refusal(
     subdomain: str, document_type: str, *, removing: int, local: int, source: int, guard: float
 ) -> str:
@@ -169,11 +188,14 @@ class CatchUp:
         """What one request to this site carries, and is worth, for the cost model."""
         batch_size = self.crawler.spider.batch_size  # -a batch_size, else CIVICBAND_BATCH_SIZE
         max_rows = self.source.page_limits.get(site, MAX_PAGE_SIZE)
+        ids, buckets = self.source.reads.capacity(site)
         return cost.Limits(
             request_bytes=self.request_bytes,
             max_rows=max_rows,
             page_size=min(batch_size, self.page_cap, max_rows),
             split_rows=self.source.split_rows or cost.Limits.split_rows,
+            ids_per_request=ids,
+            prefixes_per_request=buckets,
         )
 
     async def run(self, job: ActiveJob) -> Exhausted | Restart | Failed:
@@ -233,7 +255,8 @@ class CatchUp:
                 job, "reading the mirror", lambda conn: mirror.other_listing(conn, site, kind)
             )
             difference += other_difference(other_rows, other_pages, other_rejected)
-            agrees(source_digest.get(OTHER, Bucket()), Bucket(len(other_rows)), OTHER)
+            fps = sum(digest.content_fp(row) for row in other_rows)
+            agrees(source_digest.get(OTHER, Bucket()), Bucket(len(other_rows), 0, 0, fps), OTHER)
         to_fetch = sorted({*difference.to_fetch, *stale})
         known = await registry.run_step(
             job, "reading the mirror", lambda conn: mirror.known_rows(conn, site, kind, to_fetch)
@@ -350,18 +373,26 @@ class CatchUp:
         )
         by_range = {i for i in known if i[:depth] in dense}
         values = sorted(i for i in known if i not in by_range)
+        stale_text: list[str] = []
         async for fetched in self.rounds.fetch(site, kind, whole, values):
             job.requested()
             rows = fetched.rows
             if not fetched.whole:
-                rows = [{**known[r["id"]], **r} for r in rows if r.get("id") in known]
+                rows, moved = with_text(rows, known)
+                stale_text += moved
             await self._store(job, rows, fetched.unicode_checked)
         if dense:
             self.stats.inc_value("civicband/catchup/ranges", len(dense))
-            async for answer in self.source.values(site, kind, dense):
+            async for answer in self.source.values(site, kind, dense, located=True):
                 job.requested()
-                rows = [{**known[r["id"]], **r} for r in answer if r.get("id") in by_range]
+                rows, moved = with_text([r for r in answer if r.get("id") in by_range], known)
+                stale_text += moved
                 await self._store(job, rows, False)
+        if stale_text:  # a document that moved under the same id: its text is fetched too
+            self.stats.inc_value("civicband/catchup/refetched_whole", len(stale_text))
+            async for fetched in self.rounds.fetch(site, kind, sorted(stale_text), []):
+                job.requested()
+                await self._store(job, fetched.rows, fetched.unicode_checked)
 
     async def _store(self, job: ActiveJob, rows: list[dict[str, Any]], checked: bool) -> None:
         page = clean_page(rows, unicode_checked=checked)

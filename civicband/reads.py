@@ -221,10 +221,15 @@ class Reads:
         return answer[document_type].listed
 
     async def values(
-        self, subdomain: str, document_type: str, prefixes: Iterable[str] = ("",)
+        self,
+        subdomain: str,
+        document_type: str,
+        prefixes: Iterable[str] = ("",),
+        *,
+        located: bool = False,
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """The untrusted columns of every 12-hex-id row in these buckets (all of them, for
-        exact=true), in id order, answer by answer.
+        exact=true), in id order, answer by answer; `located`: with meeting, date and page.
 
         An answer cut short (`truncated`, a site whose max_returned_rows is below the limit
         asked) or full is continued after its last id; only a short untruncated one ends it.
@@ -236,7 +241,7 @@ class Reads:
             page = await self._with_columns(
                 subdomain,
                 lambda cols, after=after: (
-                    bisect.range_values_sql(table, cols, MAX_PAGE_SIZE),
+                    bisect.range_values_sql(table, cols, MAX_PAGE_SIZE, located=located),
                     {"after": after, "r": joined},
                 ),
             )
@@ -321,9 +326,7 @@ class Reads:
                     if isinstance(row, dict) and row.get("tag") == label
                 ]
                 if not whole:
-                    rows = [
-                        {c: row.get(c) for c in ("id", *digest.UNHASHED_COLUMNS)} for row in rows
-                    ]
+                    rows = [{k: v for k, v in row.items() if k != "text"} for row in rows]
                 got.update((key, row.get("id")) for row in rows)
                 yield Fetched(kind, rows, whole, page.unicode_checked)
             if page.truncated:
@@ -331,6 +334,20 @@ class Reads:
                 if len(left) == len(batch):
                     raise SourceError("answer by id truncated with no rows", retryable=False)
                 pending.insert(0, left)
+
+    def capacity(self, subdomain: str) -> tuple[int, int]:
+        """(ids, buckets of 3 hex digits) one request to this site carries within the URL
+        limit, both tables asked: what the cost model counts requests by."""
+        kinds = list(DOCUMENT_TABLES)
+        ids = self._fetch_url(
+            subdomain, [(kind, whole) for kind in kinds for whole in (True, False)]
+        )
+        asks = {kind: Ask(bisect.LIST_DEPTH, ()) for kind in kinds}
+        buckets = self._bisect_url(subdomain, asks)
+        return (
+            max(1, (self.source.url_limit - ids([])) // (bisect.LIST_DEPTH + 1)),
+            max(1, (self.source.url_limit - buckets([])) // 4),
+        )
 
     def _fetch_url(self, subdomain: str, keys: list[tuple[str, bool]]) -> Callable[[list], int]:
         """The URL length of a by-id request carrying these items."""

@@ -195,10 +195,15 @@ class Source:
         return await self.reads.digest(subdomain, document_type, size_hint)
 
     def values(
-        self, subdomain: str, document_type: str, prefixes: Iterable[str] = ("",)
+        self,
+        subdomain: str,
+        document_type: str,
+        prefixes: Iterable[str] = ("",),
+        *,
+        located: bool = False,
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """The untrusted columns of every row in these buckets, answer by answer (Reads.values)."""
-        return self.reads.values(subdomain, document_type, prefixes)
+        return self.reads.values(subdomain, document_type, prefixes, located=located)
 
     async def other_rows(
         self, subdomain: str, document_type: str

@@ -375,17 +375,35 @@ def sql_of(request: dict[str, Any]) -> str:
 
 def is_digest(request: dict[str, Any]) -> bool:
     """A digest request (civicband.digest.digest_sql)."""
-    return "group by bucket" in sql_of(request)
+    return "group by tag,bucket" in sql_of(request)
+
+
+def bisection_depths(request: dict[str, Any]) -> dict[str, int]:
+    """Per table tag, the depth a bisection request asks its buckets at (bisect.bisect_sql)."""
+    query = parse_qs(request["query"])
+    return {k[: -len("_d")]: int(v[0]) for k, v in query.items() if k.endswith("_d")}
+
+
+def asked_buckets(request: dict[str, Any]) -> dict[str, list[str]]:
+    """Per table tag, the buckets a bisection request asks (bisect.bisect_sql)."""
+    query = parse_qs(request["query"], keep_blank_values=True)
+    return {tag: query.get(tag, [""])[0].split(".") for tag in bisection_depths(request)}
+
+
+def is_bisection(request: dict[str, Any]) -> bool:
+    """Sub-bucket digests or listings, packed a bucket a row (civicband.bisect.bisect_sql)."""
+    return "as packed" in sql_of(request)
 
 
 def is_listing(request: dict[str, Any]) -> bool:
-    """An id listing of differing buckets (civicband.digest.listing_sql)."""
-    return "json_each(:buckets)" in sql_of(request)
+    """A bisection request that lists ids (depth 12) for some table."""
+    return is_bisection(request) and 12 in bisection_depths(request).values()
 
 
 def is_by_id(request: dict[str, Any]) -> bool:
-    """A fetch of whole rows by id (civicband.digest.rows_by_id_sql)."""
-    return "json_each(:ids)" in sql_of(request)
+    """A fetch of rows by id, whole or their values (civicband.bisect.fetch_sql)."""
+    query = parse_qs(request["query"])
+    return any(k.endswith(("_w", "_v")) for k in query) and "json_each" in sql_of(request)
 
 
 def is_count(request: dict[str, Any]) -> bool:

@@ -98,7 +98,7 @@ def test_resuming_a_job_with_only_its_verification_left_fetches_no_page(
     site = known_site(database_url, source, agendas=60, minutes=0)
     # Every page is stored, then the digest fails and its retry waits out a long backoff:
     # Ctrl-C there pauses a job whose pass is exhausted and whose verdict never came.
-    source.faults.add(match="group\\+by\\+bucket", action="status", status=503, times=-1)
+    source.faults.add(match="group\\+by\\+tag,bucket", action="status", status=503, times=-1)
     first = start_crawl(
         database_url,
         source,

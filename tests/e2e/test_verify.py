@@ -345,7 +345,7 @@ def test_repair_deletes_nothing_when_a_listing_fails(database_url, source):
     site = backfilled(database_url, source, agendas=200, minutes=0)
     gone = [row["id"] for row in site.rows("agendas")[:5]]
     site.delete_rows("agendas", gone)
-    source.faults.add(match="buckets=", action="status", status=503, times=-1)
+    source.faults.add(match=r"as\+packed", action="status", status=503, times=-1)
     result = crawl(
         database_url,
         source,
