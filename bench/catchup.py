@@ -90,25 +90,23 @@ class Measurement:
 
 _VALUES = {"id", "page_image", "entities_json", "votes_json"}
 _SELECT = re.compile(r"\bselect\s+(?:distinct\s+)?(.*?)\s+from\b", re.S)
+_LITERAL = re.compile(r"^(null|'[^']*'|-?\d+)(\s+as)?\s+\S+$")
 
 
-def _column_name(expression: str) -> str:
-    """A select-list item's column: `t."x" as y` -> x, `null as votes_json` -> votes_json."""
-    item = expression.strip()
-    alias = re.search(r"\bas\s+(\S+)$", item)
-    if alias:
-        item = alias.group(1)
-    return item.rsplit(".", 1)[-1].strip('"`[] ')
+def _column_name(item: str) -> str:
+    """A select-list item's column: `t."x" as y` and `t.x y` -> y, `t.x` -> x."""
+    return item.strip().split()[-1].rsplit(".", 1)[-1].strip('"`[] ')
 
 
 def _select_lists(sql: str) -> list[set[str]]:
-    """The column names of every select list in the SQL (lists holding a subquery are skipped)."""
+    """The columns each select list in the SQL really reads: constants (`null as text`, a tag
+    `'agendas' tag`) left out; lists holding an expression or a subquery are skipped."""
     out = []
     for match in _SELECT.finditer(sql):
         items = match.group(1)
         if "select" in items or "(" in items:
             continue
-        out.append({_column_name(item) for item in items.split(",")})
+        out.append({_column_name(i) for i in items.split(",") if not _LITERAL.match(i.strip())})
     return out
 
 
@@ -119,14 +117,17 @@ def kind_of_sql(sql: str) -> str:
         return "bisect"  # sub-bucket digests or listings, packed per bucket
     if re.search(r"\bgroup by\b", sql) and re.search(r"\bbucket\b", sql):
         return "digest"
-    if any(columns == _VALUES for columns in _select_lists(sql)):
-        return "values"  # only the columns the id does not hash
-    if "json_each" in sql and re.search(r":ids\b", sql):
-        return "by-id"  # whole rows for a list of ids
-    if "json_each" in sql and re.search(r":buckets\b", sql):
-        return "listing"  # ids and fingerprints of whole buckets
     if "civicband_rowid" in sql:
         return "other-rows"
+    lists = _select_lists(sql)
+    whole = any("*" in cols or "text" in cols for cols in lists)
+    values = any("id" in cols and len(cols) > 1 and cols <= _VALUES for cols in lists)
+    if "json_each" in sql and whole:
+        return "by-id+values" if values else "by-id"  # whole rows for a list of ids
+    if values:
+        return "values"  # only the columns the id does not hash (by id or by range)
+    if "json_each" in sql and re.search(r":buckets\b", sql):
+        return "listing"  # ids and fingerprints of whole buckets
     if "count(" in sql:
         return "count"
     return "sql"
