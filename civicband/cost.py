@@ -54,6 +54,7 @@ class Prediction:
     requests: float = 0.0
     bytes: float = 0.0
     rounds: list[int] = field(default_factory=list)  # each bisection round's depth
+    asked: list[Frontier] = field(default_factory=list)  # what each round asks, listing last
 
     def add(self, requests: float, answer_bytes: float) -> None:
         """Count one more step."""
@@ -113,14 +114,14 @@ def differing_after(buckets: float, changes: float) -> float:
 
 def listing_cost(frontier: Frontier, limits: Limits) -> Prediction:
     """Listing every id of the frontier's buckets."""
-    got = Prediction()
+    got = Prediction(asked=[frontier])
     got.add(frontier.requests_to_ask(limits), frontier.rows * LISTED_BYTES)
     return got
 
 
 def bisect_cost(frontier: Frontier, depth: int, limits: Limits, table_rows: float) -> Prediction:
     """One round of digests `depth` deep for the frontier's buckets, then the best from there."""
-    got = Prediction(rounds=[depth])
+    got = Prediction(rounds=[depth], asked=[frontier])
     children = frontier.buckets * FANOUT ** (depth - frontier.depth)
     # Only buckets holding rows answer: no more than the rows there are.
     answered = min(children, frontier.rows) if frontier.rows else 0.0
@@ -133,6 +134,7 @@ def bisect_cost(frontier: Frontier, depth: int, limits: Limits, table_rows: floa
     rest = plan(after, limits, table_rows)
     got.add(rest.requests, rest.bytes)
     got.rounds += rest.rounds
+    got.asked += rest.asked
     return got
 
 
@@ -156,14 +158,17 @@ def next_depth(frontier: Frontier, limits: Limits, table_rows: float) -> int:
     return chosen.rounds[0] if chosen.rounds else LIST_DEPTH
 
 
-def fetch_cost(new: float, changed: float, limits: Limits) -> Prediction:
-    """Fetching new rows whole and changed ones for their values only, by id."""
+def fetch_cost(new: float, changed: float, limits: Limits, rows: float = 0.0) -> Prediction:
+    """Fetching new rows whole and changed ones for their values only, by id; or, when at least
+    DENSE_SHARE of the `rows` they lie among changed, those rows' values by range."""
     got = Prediction()
-    for ids in (new, changed):
-        if ids > 0:
-            per = min(limits.ids_per_request, limits.max_rows)
-            got.add(math.ceil(ids / per), 0)
-    got.add(0, new * limits.row_bytes + changed * VALUES_BYTES)
+    per = min(limits.ids_per_request, limits.max_rows)
+    if new > 0:
+        got.add(math.ceil(new / per), new * limits.row_bytes)
+    if changed > 0 and rows > 0 and changed >= DENSE_SHARE * rows:
+        got.add(math.ceil(rows / limits.max_rows), rows * VALUES_BYTES)
+    elif changed > 0:
+        got.add(math.ceil(changed / per), changed * VALUES_BYTES)
     return got
 
 
@@ -174,30 +179,48 @@ def full_pass(rows: float, limits: Limits) -> Prediction:
     return got
 
 
-def catch_up(
-    tables: Iterable[tuple[float, float, float]], limits: Limits, *, site_digest: bool = True
-) -> Prediction:
-    """A site's whole catch-up: tables given as (rows, new rows, rows changed in place).
+def digest_requests(rows: float, limits: Limits) -> int:
+    """A site's digests: both tables in one answer, or 16 id ranges past split_rows."""
+    return 1 if rows <= limits.split_rows else FANOUT
 
-    One digest of every table (one request), then for each table bisection to the changed ids
-    and their fetch. Removed rows cost what new ones do to find, and nothing to fetch; count
-    them among the new ones with no bytes, by passing them in `new` of a table whose row bytes
-    are known to the caller. This is what bench/estimate.py models civic.band with.
+
+def catch_up(tables: Iterable[tuple[float, float, float]], limits: Limits) -> Prediction:
+    """A site's whole catch-up: its tables given as (rows, new or removed rows, rows changed in
+    place), removed ones costing what new ones do to find and nothing to fetch (pass their
+    bytes in as new ones only when they are new).
+
+    Both tables' digests in one answer, each round of bisection (and the listing) one round
+    for both tables, the fetch of both in the same answers: what civicband/rounds.py does.
+    This is what the catch-up compares with a full pass, and bench/estimate.py models
+    civic.band with.
     """
-    got = Prediction()
     tables = list(tables)
     total = sum(rows for rows, _, _ in tables)
-    got.add(1 if site_digest else len(tables), min(total, TOP_BUCKETS * len(tables)) * DIGEST_BYTES)
-    for rows, new, changed in tables:
-        changes = new + changed
+    got = Prediction()
+    got.add(digest_requests(total, limits), min(total, TOP_BUCKETS * len(tables)) * DIGEST_BYTES)
+    plans = []
+    new = changed = 0.0
+    for rows, moved, in_place in tables:
+        changes = moved + in_place
         if changes <= 0 or rows <= 0:
             continue
         buckets = min(TOP_BUCKETS, rows)
         differing = differing_after(buckets, changes)
         frontier = Frontier(2, max(1, round(differing)), differing * rows / buckets, changes)
-        listed = plan(frontier, limits, rows)
-        got.add(listed.requests, listed.bytes)
-        got.rounds += listed.rounds
-        fetched = fetch_cost(new, changed, limits)
-        got.add(fetched.requests, fetched.bytes)
+        plans.append(plan(frontier, limits, rows))
+        new += moved
+        changed += in_place
+    for step in range(max((len(p.asked) for p in plans), default=0)):
+        asked = [p.asked[step] for p in plans if step < len(p.asked)]
+        both = Frontier(
+            max(f.depth for f in asked),
+            sum(f.buckets for f in asked),
+            sum(f.rows for f in asked),
+            sum(f.changes for f in asked),
+        )
+        got.add(both.requests_to_ask(limits), 0)
+    got.add(0, sum(p.bytes for p in plans))
+    got.rounds = max((p.rounds for p in plans), key=len, default=[])
+    fetched = fetch_cost(new, changed, limits, total if changed >= DENSE_SHARE * total else 0)
+    got.add(fetched.requests, fetched.bytes)
     return got

@@ -4,8 +4,9 @@ A site's agendas and minutes are two jobs, each with its own lease; their catch-
 side. Each round (the digests, a round of bisection, the fetch) a job puts its question here
 and waits; once every job of the site that is catching up in this process has asked, or left,
 the questions go out together (civicband/reads.py puts both tables in one SQL answer): so an
-unchanged site costs one request, not two. Questions of different kinds go out one kind after
-the other. A job that leaves (done, failed, stopped) never holds the others up.
+unchanged site costs one request, not two. Of questions of different kinds, the earliest go
+first and the later wait for the others to reach them. A job that leaves (done, failed,
+stopped) never holds the others up.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class FetchQuestion:
 
 
 Question = DigestQuestion | BisectQuestion | FetchQuestion
+_STAGES = (DigestQuestion, BisectQuestion, FetchQuestion)  # the order a catch-up asks them in
 _END = object()  # the end of a fetch's answers
 
 
@@ -123,31 +125,32 @@ class Rounds:
         return await future
 
     def _go(self, subdomain: str, site: _Site) -> None:
-        """Once every member has asked, send the round's questions, kind by kind."""
+        """Once every member has asked, send the questions of the earliest kind together;
+        the others wait for the rest to catch up (a fetch waits for the other table's listing,
+        so that both tables' rows come in the same answers)."""
         if not site.asked or set(site.asked) < site.members:
             return
-        asked, site.asked = site.asked, {}
-        task = asyncio.ensure_future(self._send(subdomain, asked))
+        earliest = min(_STAGES.index(type(q)) for q, _ in site.asked.values())
+        going = {t: a for t, a in site.asked.items() if _STAGES.index(type(a[0])) == earliest}
+        for table in going:
+            del site.asked[table]
+        task = asyncio.ensure_future(self._send(subdomain, going))
         site.running.add(task)
         task.add_done_callback(site.running.discard)
 
     async def _send(
         self, subdomain: str, asked: dict[str, tuple[Question, asyncio.Future]]
     ) -> None:
-        for kind in (DigestQuestion, BisectQuestion, FetchQuestion):
-            these = {t: (q, f) for t, (q, f) in asked.items() if isinstance(q, kind)}
-            if not these:
-                continue
-            try:
-                await self._send_kind(subdomain, these)
-            except BaseException as error:  # every asker hears it, a stop included
-                for _, future in these.values():
-                    if not future.done():
-                        future.set_exception(error)
-                if isinstance(error, asyncio.CancelledError):
-                    raise
-                if not isinstance(error, Exception):
-                    raise
+        try:
+            await self._send_kind(subdomain, asked)
+        except asyncio.CancelledError:  # every member left
+            for _, future in asked.values():
+                future.cancel()
+            raise
+        except Exception as error:  # noqa: BLE001 - every asker raises it
+            for _, future in asked.values():
+                if not future.done():
+                    future.set_exception(error)
 
     async def _send_kind(
         self, subdomain: str, asked: dict[str, tuple[Question, asyncio.Future]]
