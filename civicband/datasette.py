@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote_plus, urlencode, urlsplit
+from urllib.parse import parse_qs, quote_plus, urlencode, urlsplit
 
 import orjson
 
@@ -235,6 +235,12 @@ def parse_sql(body: bytes) -> TablePage:
 
 _TITLE = re.compile(rb"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
 _SIZE_LIMIT = re.compile(rb"_size must be <= (\d+)")
+
+
+def page_size_of(url: str) -> int:
+    """The `_size` a table page's URL asked for (0 when it names none)."""
+    asked = parse_qs(urlsplit(url).query).get("_size", ["0"])[0]
+    return int(asked) if asked.isdecimal() else 0
 
 
 def page_size_limit(status: int, body: bytes) -> int | None:

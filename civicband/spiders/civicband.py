@@ -195,10 +195,13 @@ class CivicbandSpider(StoreSpider):
             return
         if response.status == 400:
             limit = datasette.page_size_limit(response.status, response.body)
-            if limit is not None and limit < self.source.page_limits.get(job.subdomain, 10**9):
+            if limit is not None and limit < datasette.page_size_of(response.url):
                 # A Datasette whose max_returned_rows is below our batch size: ask smaller pages.
-                self.source.page_limits[job.subdomain] = limit
-                logger.info("%s accepts pages of at most %d rows", job.subdomain, limit)
+                # Both tables of a site may hear so at once: the second asks again all the same.
+                known = self.source.page_limits.get(job.subdomain)
+                if known is None or limit < known:
+                    self.source.page_limits[job.subdomain] = limit
+                    logger.info("%s accepts pages of at most %d rows", job.subdomain, limit)
                 yield self.page_request(job)
                 return
             exhausted = bool(meta.get(RETRIES_EXHAUSTED))  # 0.65's interrupted pages are 400s

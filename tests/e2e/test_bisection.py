@@ -25,8 +25,9 @@ from tests.e2e.crawl import (
     sql_requests,
 )
 
-# What a request is worth to the cost model: one byte makes another round always cheaper than
-# listing more ids, so these tests see bisection on sites small enough to build quickly.
+# What a request is worth to the cost model: one byte makes another round cheaper than listing
+# more ids wherever a bucket holds more ids than its 16 sub-buckets' digests weigh (about 32),
+# so these tests see bisection on sites small enough to build quickly.
 BISECT = {"CIVICBAND_REQUEST_BYTES": 1}
 
 
@@ -48,7 +49,7 @@ def test_an_unchanged_site_costs_one_request_for_both_tables(database_url, sourc
 
 
 def test_a_change_in_one_sub_bucket_lists_only_that_sub_bucket(database_url, source):
-    site = backfilled(database_url, source, agendas=3000, minutes=200)
+    site = backfilled(database_url, source, agendas=12_000, minutes=200)
     target = sorted(site.ids("agendas"))[1234]
     change_in_place(site, "agendas", [target], entities_json='{"persons": ["Corrected"]}')
     source.clear_requests()
@@ -81,9 +82,9 @@ def test_a_change_in_one_sub_bucket_lists_only_that_sub_bucket(database_url, sou
 
 
 def test_a_change_in_every_bucket_still_bisects(database_url, source):
-    site = backfilled(database_url, source, agendas=4000, minutes=0)
+    site = backfilled(database_url, source, agendas=16_000, minutes=0)
     ids = sorted(site.ids("agendas"))
-    changed = ids[::8]  # 500 rows: every one of the 256 buckets differs
+    changed = ids[::32]  # 500 rows: every one of the 256 buckets differs
     change_in_place(site, "agendas", changed, votes_json='{"tally": {"ayes": 6, "nays": 1}}')
     site.delete_rows("agendas", ids[3::40])
     site.add_rows("agendas", site.new_rows("agendas", 60, seed="every bucket"))
