@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 # a request is 4 s of the public limit (15 a minute), worth several megabytes.
 REQUEST_BYTES_TRUSTED = 256 * 1024
 REQUEST_BYTES_PUBLIC = 4 * 1024 * 1024
-# A range is fetched whole only when it holds at least this many changed rows: below, their ids
-# fit in a request as well.
+# Ranges are fetched only when they hold at least this many changed rows together: below, their
+# ids fit in a request as well.
 DENSE_ROWS = 50
 
 
@@ -367,10 +367,10 @@ class CatchUp:
         for row_id in known:
             by_bucket[row_id[:depth]] = by_bucket.get(row_id[:depth], 0) + 1
         dense = sorted(
-            b
-            for b, n in by_bucket.items()
-            if n >= DENSE_ROWS and n >= cost.DENSE_SHARE * listed_rows.get(b, 0)
+            b for b, n in by_bucket.items() if n >= cost.DENSE_SHARE * listed_rows.get(b, 0)
         )
+        if sum(by_bucket[b] for b in dense) < DENSE_ROWS:
+            dense = []
         by_range = {i for i in known if i[:depth] in dense}
         values = sorted(i for i in known if i not in by_range)
         stale_text: list[str] = []

@@ -24,6 +24,7 @@ from tests.e2e.crawl import (
     page_requests,
     sql_requests,
 )
+from tests.lookalike import data
 
 # What a request is worth to the cost model: one byte makes another round cheaper than listing
 # more ids wherever a bucket holds more ids than its 16 sub-buckets' digests weigh (about 32),
@@ -49,7 +50,10 @@ def test_an_unchanged_site_costs_one_request_for_both_tables(database_url, sourc
 
 
 def test_a_change_in_one_sub_bucket_lists_only_that_sub_bucket(database_url, source):
-    site = backfilled(database_url, source, agendas=12_000, minutes=200)
+    # civic.band's time limit (the look-alike's is 1 s): both tables' digest in one answer.
+    site = backfilled(
+        database_url, source, agendas=12_000, minutes=200, settings={"sql_time_limit_ms": 3000}
+    )
     target = sorted(site.ids("agendas"))[1234]
     change_in_place(site, "agendas", [target], entities_json='{"persons": ["Corrected"]}')
     source.clear_requests()
@@ -70,6 +74,9 @@ def test_a_change_in_one_sub_bucket_lists_only_that_sub_bucket(database_url, sou
     [by_id] = [r for r in sent if is_by_id(r)]
     assert "agenda_v=" + target in by_id["query"] and "agenda_w=" not in by_id["query"]
     assert len(sent) == 1 + len(bisections) + 1
+    assert result.stats["civicband/bisect/requests"] == len(bisections)
+    assert result.stats["civicband/catchup/bisections"] == len(bisections) - 1
+    assert result.stats["civicband/catchup/listed_buckets"] == 1
     assert page_requests(source) == []
     agenda = next(
         j for j in reversed(jobs(database_url, site.subdomain)) if j["document_type"] == "agenda"
@@ -82,7 +89,9 @@ def test_a_change_in_one_sub_bucket_lists_only_that_sub_bucket(database_url, sou
 
 
 def test_a_change_in_every_bucket_still_bisects(database_url, source):
-    site = backfilled(database_url, source, agendas=16_000, minutes=0)
+    site = backfilled(
+        database_url, source, agendas=16_000, minutes=0, settings={"sql_time_limit_ms": 3000}
+    )
     ids = sorted(site.ids("agendas"))
     changed = ids[::32]  # 500 rows: every one of the 256 buckets differs
     change_in_place(site, "agendas", changed, votes_json='{"tally": {"ayes": 6, "nays": 1}}')
@@ -148,3 +157,28 @@ def test_urls_stay_within_8_kb_on_the_longest_subdomain(database_url, source):
     lengths = [len(root) + len(r["path"]) - len(f"/{longest}") + 1 + len(r["query"]) for r in sent]
     assert max(lengths) <= URLLENGTH_LIMIT <= 8000, max(lengths)
     assert sum(map(is_by_id, sent)) >= 2  # 900 new ids need more than one URL
+
+
+def test_every_value_re_extracted_is_fetched_as_ranges_of_values_only(database_url, source):
+    # Pages of 2 KB of text, as civic.band's are: the text is most of a full pass's bytes.
+    site = backfilled(
+        database_url,
+        source,
+        agendas=data.make_rows("agendas", 3000, seed="ranges", text_size=2000),
+        minutes=data.make_rows("minutes", 1000, seed="ranges", text_size=2000),
+    )
+    full = sum(r["bytes"] or 0 for r in source.requests())
+    for table in ("agendas", "minutes"):
+        ids = sorted(site.ids(table))
+        change_in_place(site, table, ids, entities_json='{"persons": ["Everyone"]}')
+    source.clear_requests()
+    result = crawl(database_url, source, f"subdomain={site.subdomain}")
+    assert result.returncode == 0, result
+    assert_mirror_equals_source(database_url, site)
+    assert result.stats["civicband/catchup/ranges"] >= 1
+    assert "civicband/catchup/full_passes" not in result.stats
+    assert page_requests(source) == []
+    moved = sum(r["bytes"] or 0 for r in source.requests())
+    assert moved < 0.3 * full, (moved, full)  # values only: the text stays where it is
+    for job in jobs(database_url, site.subdomain)[-2:]:
+        assert (job["mode"], job["verify_status"], job["pages_created"]) == ("catchup", "passed", 0)

@@ -295,6 +295,8 @@ def test_a_page_that_turns_malformed_is_rejected_instead_then_stored_again(datab
     # The stale page is not kept beside its rejection: one id, one state.
     assert good["id"] not in mirrored(database_url, site.subdomain, "agenda")
     assert (job["pages_removed"], broken.stats["civicband/pages/replaced_by_rejection"]) == (1, 1)
+    # Its values were asked for first; its meeting moved, so it was fetched again whole.
+    assert broken.stats["civicband/catchup/refetched_whole"] == 1
     assert [r["row_id"] for r in fetch(database_url, "SELECT row_id FROM rejected_rows")] == [
         good["id"]
     ]
