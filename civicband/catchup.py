@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scrapy.crawler import Crawler
@@ -101,6 +101,12 @@ def listed_digest(listed: Mapping[str, int], depth: int) -> digest.Digest:
         bucket = row_id[:depth]
         found[bucket] = found.get(bucket, Bucket()) + Bucket(1, hi, lo, fp)
     return found
+
+
+async def _nothing() -> AsyncIterator[Any]:
+    """No answers: a catch-up with nothing to fetch by id does not wait for the other table."""
+    return
+    yield
 
 
 def with_text(
@@ -374,7 +380,8 @@ class CatchUp:
         by_range = {i for i in known if i[:depth] in dense}
         values = sorted(i for i in known if i not in by_range)
         stale_text: list[str] = []
-        async for fetched in self.rounds.fetch(site, kind, whole, values):
+        fetching = self.rounds.fetch(site, kind, whole, values) if whole or values else None
+        async for fetched in fetching or _nothing():
             job.requested()
             rows = fetched.rows
             if not fetched.whole:

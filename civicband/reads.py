@@ -180,6 +180,8 @@ class Reads:
                 pending[:0] = [[i for i in batch if i[0] == kind] for kind in part]
                 continue
             except Interrupted:
+                if len(batch) == 1:  # retried by the middleware, and still too slow
+                    raise
                 self.source.stats.inc_value("civicband/bisect/splits")
                 pending[:0] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
                 continue
