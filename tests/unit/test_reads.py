@@ -373,3 +373,22 @@ def test_values_cover_deep_buckets_of_minutes_too():
     source, _ = fake(site({"agendas": [], "minutes": rows}))
     pages = run(collect(source.reads.values("site", "minutes")))
     assert [r["id"] for page in pages for r in page] == sorted(r["id"] for r in rows)
+
+
+@pytest.mark.parametrize("prefixes", [("ab",), ("ab", "cd")])
+def test_a_lone_bucket_interrupted_fails_with_the_interrupt(prefixes):
+    """A lone bucket that still hits the time limit fails (Reads.bisect's docstring): it is
+    never split into an empty batch, whose SQL names no table, nor asked again and again."""
+    _, _, conn = both_tables()
+
+    def always(call):  # the site cannot answer any of these buckets in time
+        assert call.items("minutes"), "a bisection request that asks no bucket"
+        return True
+
+    source, answering = fake(conn, interrupt=always, max_calls=10)
+    with pytest.raises(Interrupted):
+        run(source.reads.bisect("site", {"minutes": Ask(LIST_DEPTH, prefixes)}, {}))
+    # Both together (split on interrupt), then the first alone, which fails the bisection.
+    expected = [list(prefixes), ["ab"]] if len(prefixes) > 1 else [["ab"]]
+    assert [c.items("minutes") for c in answering.calls] == expected
+    assert [c.split_on_interrupt for c in answering.calls] == [len(c) > 1 for c in expected]
