@@ -17,12 +17,15 @@ from civicband.catchup import (
     other_difference,
     raw_md5,
     shrink_refusal,
+    with_text,
 )
 from civicband.datasette import SourceError, TablePage
 from civicband.digest import Bucket, Difference, content_fp
 from civicband.rows import raw_text
 from civicband.source import Source
 from civicband.spiders.civicband import CivicbandSpider
+
+COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
 
 
 def row(row_id, **values):
@@ -244,3 +247,70 @@ def test_other_rows_that_do_not_advance_are_an_error_not_a_loop():
     source = repeating_source([{"civicband_rowid": 7, **row("X")}])
     with pytest.raises(SourceError, match="rows do not advance past rowid 7"):
         asyncio.run(source.other_rows("site", "agenda"))
+
+
+# ---- with_text -----------------------------------------------------------------------------------
+
+
+def known_row(row_id, **values):
+    """A page as mirror.known_rows gives it: its id-hashed part."""
+    return {
+        "id": row_id,
+        "meeting": "City Council",
+        "date": "2024-01-02",
+        "page": 3,
+        "text": f"text of {row_id}",
+        **values,
+    }
+
+
+def values_row(row_id, **values):
+    """A row fetched for its values (Reads.fetch drops the source's null text)."""
+    return {
+        "id": row_id,
+        "meeting": "City Council",
+        "date": "2024-01-02",
+        "page": 3,
+        "page_image": f"/_agendas/{row_id}.png",
+        "entities_json": '{"persons": []}',
+        "votes_json": None,
+        **values,
+    }
+
+
+def test_values_are_made_whole_with_the_mirrors_text():
+    known = {i: known_row(i) for i in ("ab0000000001", "004351235980")}
+    rows, moved = with_text([values_row("ab0000000001"), values_row("004351235980")], known)
+    assert moved == []
+    assert rows == [
+        {**known_row("ab0000000001"), **values_row("ab0000000001")},
+        {**known_row("004351235980"), **values_row("004351235980")},
+    ]
+    assert rows[0]["text"] == "text of ab0000000001"
+    assert rows[0]["page_image"] == "/_agendas/ab0000000001.png"
+    assert set(rows[1]) == {*COLUMNS}
+
+
+def test_the_sources_values_win_over_what_the_mirror_held():
+    known = {"ab0000000001": known_row("ab0000000001", page_image="/old.png")}
+    rows, _ = with_text([values_row("ab0000000001", page_image="/new.png")], known)
+    assert rows[0]["page_image"] == "/new.png"
+    assert rows[0]["text"] == "text of ab0000000001"
+
+
+@pytest.mark.parametrize("change", [{"meeting": "Planning"}, {"date": "2024-01-03"}, {"page": 4}])
+def test_an_id_whose_meeting_date_or_page_differs_is_moved(change):
+    known = {i: known_row(i) for i in ("ab0000000001", "ab0000000002")}
+    fetched = [values_row("ab0000000001", **change), values_row("ab0000000002")]
+    rows, moved = with_text(fetched, known)
+    assert moved == ["ab0000000001"]
+    assert [r["id"] for r in rows] == ["ab0000000002"]
+
+
+def test_ids_the_mirror_does_not_know_are_dropped():
+    known = {"ab0000000001": known_row("ab0000000001")}
+    fetched = [values_row("cd0000000001"), values_row("ab0000000001"), values_row(None)]
+    rows, moved = with_text(fetched, known)
+    assert [r["id"] for r in rows] == ["ab0000000001"]
+    assert moved == []
+    assert with_text([], known) == ([], [])
