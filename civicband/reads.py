@@ -346,9 +346,10 @@ class Reads:
         )
         asks = {kind: Ask(bisect.LIST_DEPTH, ()) for kind in kinds}
         buckets = self._bisect_url(subdomain, asks)
+        name = max(len(k) for k in DOCUMENT_TABLES) + len("&_w=")  # the parameter's own name
         return (
-            max(1, (self.source.url_limit - ids([])) // (bisect.LIST_DEPTH + 1)),
-            max(1, (self.source.url_limit - buckets([])) // 4),
+            max(1, (self.source.url_limit - ids([]) - name) // (bisect.LIST_DEPTH + 1)),
+            max(1, (self.source.url_limit - buckets([]) - name) // 4),
         )
 
     def _fetch_url(self, subdomain: str, keys: list[tuple[str, bool]]) -> Callable[[list], int]:

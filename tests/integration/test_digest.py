@@ -167,7 +167,7 @@ def test_python_sqlite_and_the_postgresql_function_agree(database_url):
         "INSERT OR IGNORE INTO t VALUES (?, ?, ?, ?)",
         [(r["id"], *(r.get(c) for c in content)) for r in corpus],
     )
-    inner = digest.inner_sql("t", ("id", *content), "1")
+    inner = digest.inner_sql("t", ("id", *content))
     in_sqlite = dict(
         conn.execute(f"select id,{digest.fp_sql(content)} from ({inner})", {"h": digest.HEX})
     )
