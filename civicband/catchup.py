@@ -390,7 +390,7 @@ class CatchUp:
             await self._store(job, rows, fetched.unicode_checked)
         if dense:
             self.stats.inc_value("civicband/catchup/ranges", len(dense))
-            async for answer in self.source.values(site, kind, dense, located=True):
+            async for answer in self.source.reads.values(site, kind, dense, located=True):
                 job.requested()
                 rows, moved = with_text([r for r in answer if r.get("id") in by_range], known)
                 stale_text += moved

@@ -78,7 +78,7 @@ Read = Callable[[Callable[[Any], Awaitable[Any]]], Awaitable[Any]]
 async def compare(source: Source, subdomain: str, document_type: str, read: Read) -> Exact:
     """Every source answer compared as it comes; `read` runs a step on the mirror."""
     total = Exact()
-    async for rows in source.values(subdomain, document_type):
+    async for rows in source.reads.values(subdomain, document_type):
         ids = [str(row["id"]) for row in rows]
         pages, rejected = await read(
             lambda conn, ids=ids: mirror.exact_values(conn, subdomain, document_type, ids)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Self
 
 from scrapy import Request
@@ -193,17 +193,6 @@ class Source:
     async def digest(self, subdomain: str, document_type: str, size_hint: int = 0) -> Digest:
         """The source's digest of one table (Reads.digest)."""
         return await self.reads.digest(subdomain, document_type, size_hint)
-
-    def values(
-        self,
-        subdomain: str,
-        document_type: str,
-        prefixes: Iterable[str] = ("",),
-        *,
-        located: bool = False,
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        """The untrusted columns of every row in these buckets, answer by answer (Reads.values)."""
-        return self.reads.values(subdomain, document_type, prefixes, located=located)
 
     async def other_rows(
         self, subdomain: str, document_type: str

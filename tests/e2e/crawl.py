@@ -409,3 +409,10 @@ def is_by_id(request: dict[str, Any]) -> bool:
 def is_count(request: dict[str, Any]) -> bool:
     """A count of a table (the source's count taken when a full pass starts)."""
     return "count(*) as n from" in sql_of(request) and not is_digest(request)
+
+
+def change_in_place(site: Any, table: str, ids: list[str], **values: Any) -> None:
+    """Re-extraction at the source: the same ids, new values in columns the id does not hash."""
+    rows = {row["id"]: row for row in site.rows(table)}
+    site.delete_rows(table, ids)
+    site.add_rows(table, [{**rows[i], **values} for i in ids])

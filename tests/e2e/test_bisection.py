@@ -15,6 +15,7 @@ from tests.e2e.crawl import (
     assert_mirror_equals_source,
     backfilled,
     bisection_depths,
+    change_in_place,
     crawl,
     is_bisection,
     is_by_id,
@@ -30,13 +31,6 @@ from tests.lookalike import data
 # more ids wherever a bucket holds more ids than its 16 sub-buckets' digests weigh (about 32),
 # so these tests see bisection on sites small enough to build quickly.
 BISECT = {"CIVICBAND_REQUEST_BYTES": 1}
-
-
-def change_in_place(site, table: str, ids: list[str], **values) -> None:
-    """Re-extraction at the source: the same ids, new values in columns the id does not hash."""
-    rows = {row["id"]: row for row in site.rows(table)}
-    site.delete_rows(table, ids)
-    site.add_rows(table, [{**rows[i], **values} for i in ids])
 
 
 def test_an_unchanged_site_costs_one_request_for_both_tables(database_url, source):

@@ -16,6 +16,7 @@ from civicband.settings import URLLENGTH_LIMIT
 from tests.e2e.crawl import (
     assert_mirror_equals_source,
     backfilled,
+    change_in_place,
     committed,
     crawl,
     fetch,
@@ -31,13 +32,6 @@ from tests.e2e.crawl import (
     wait_for,
 )
 from tests.lookalike import data
-
-
-def change_in_place(site, table: str, ids: list[str], **values) -> None:
-    """Re-extraction at the source: the same ids, new values in columns the id does not hash."""
-    rows = {row["id"]: row for row in site.rows(table)}
-    site.delete_rows(table, ids)
-    site.add_rows(table, [{**rows[i], **values} for i in ids])
 
 
 def sent_bytes(requests) -> int:
