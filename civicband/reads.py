@@ -54,18 +54,26 @@ class Reads:
 
     async def digest(self, subdomain: str, document_type: str, size_hint: int = 0) -> digest.Digest:
         """The source's digest of one table (see digests)."""
-        return (await self.digests(subdomain, [document_type], size_hint))[document_type]
+        return (await self.digests(subdomain, {document_type: size_hint}))[document_type]
 
-    async def digests(
-        self, subdomain: str, document_types: list[str], size_hint: int = 0
-    ) -> dict[str, digest.Digest]:
-        """The source's digests of these tables in one answer, or one per id range when they
-        are large (size_hint: their rows together).
+    async def digests(self, subdomain: str, sizes: Mapping[str, int]) -> dict[str, digest.Digest]:
+        """The source's digests of these tables (sizes: the rows the mirror holds of each) in
+        one answer; tables that are large together are asked one by one, and a large one in
+        id ranges.
 
         A range whose query hits the time limit, or whose answer is cut short, is split in
-        sixteen; a truncated answer is never taken for a complete one. A site that lacks
-        columns in one table is asked table by table: each is judged by its own columns.
+        sixteen (both tables asked together: first each alone); a truncated answer is never
+        taken for a complete one. A site that lacks columns in one table is asked table by
+        table: each is judged by its own columns.
         """
+        if (
+            len(sizes) > 1
+            and self.source.split_rows
+            and sum(sizes.values()) > self.source.split_rows
+        ):
+            return await self._one_by_one(subdomain, sizes)
+        document_types = list(sizes)
+        size_hint = sum(sizes.values())
         tables = {kind: DOCUMENT_TABLES[kind] for kind in document_types}
         ranges = [digest.IdRange()]
         if self.source.split_rows and size_hint > self.source.split_rows:
@@ -85,11 +93,10 @@ class Reads:
                     split_on_interrupt=splittable,
                 )
             except LacksColumn:  # not alone: each table by its own columns
-                found: dict[str, digest.Digest] = {}
-                for kind in tables:
-                    found |= await self.digests(subdomain, [kind], size_hint // len(tables))
-                return found
+                return await self._one_by_one(subdomain, sizes)
             except Interrupted:
+                if len(tables) > 1:  # each table alone first: half the work an answer
+                    return await self._one_by_one(subdomain, sizes)
                 if not splittable:
                     raise
                 self.source.stats.inc_value("civicband/digest/splits")
@@ -114,6 +121,15 @@ class Reads:
                 raise SourceError(str(error), retryable=False) from None
         self.source.stats.inc_value("civicband/digest/requests", len(tables))
         return {kind: digest.merge(found) for kind, found in parts.items()}
+
+    async def _one_by_one(
+        self, subdomain: str, sizes: Mapping[str, int]
+    ) -> dict[str, digest.Digest]:
+        """Each table's digest in answers of its own."""
+        found: dict[str, digest.Digest] = {}
+        for kind, size in sizes.items():
+            found |= await self.digests(subdomain, {kind: size})
+        return found
 
     async def _with_columns(
         self,

@@ -159,8 +159,8 @@ class Rounds:
         futures = {t: f for t, (_, f) in asked.items()}
         first = next(iter(questions.values()))
         if isinstance(first, DigestQuestion):
-            rows = sum(q.rows for q in questions.values())  # type: ignore[union-attr]
-            digests = await self.reads.digests(subdomain, sorted(questions), rows)
+            sizes = {t: q.rows for t, q in sorted(questions.items())}  # type: ignore[union-attr]
+            digests = await self.reads.digests(subdomain, sizes)
             for table, future in futures.items():
                 if not future.done():
                     future.set_result(digests[table])

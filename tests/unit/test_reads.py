@@ -105,7 +105,7 @@ def both_tables(legacy_minutes: bool = False):
 def test_digests_of_both_tables_come_from_one_request():
     agendas, minutes, conn = both_tables()
     source, answering = fake(conn)
-    got = run(source.reads.digests("site", ["agenda", "minutes"], len(agendas) + len(minutes)))
+    got = run(source.reads.digests("site", {"agenda": len(agendas), "minutes": len(minutes)}))
     assert got == {"agenda": python_digest(agendas), "minutes": python_digest(minutes)}
     assert len(answering.calls) == 1
     assert got["agenda"][OTHER].n > 10  # the hostile ids are counted in `~`
@@ -114,12 +114,30 @@ def test_digests_of_both_tables_come_from_one_request():
 def test_a_merged_digest_that_lacks_a_column_is_asked_table_by_table():
     agendas, minutes, conn = both_tables(legacy_minutes=True)
     source, answering = fake(conn)
-    got = run(source.reads.digests("site", ["agenda", "minutes"]))
+    got = run(source.reads.digests("site", {"agenda": 0, "minutes": 0}))
     assert got == {"agenda": python_digest(agendas), "minutes": python_digest(minutes)}
     # Both (refused), agendas alone, minutes alone (refused), minutes without the two columns.
     assert len(answering.calls) == 4
     assert ["minutes" in c.sql for c in answering.calls] == [True, False, True, True]
     assert ["votes_json" in c.sql for c in answering.calls] == [True, True, True, False]
+
+
+def test_a_merged_digest_that_hits_the_time_limit_is_asked_table_by_table_not_in_ranges():
+    agendas, minutes, conn = both_tables()
+    source, answering = fake(conn, interrupt=lambda call: "union all" in call.sql)
+    got = run(source.reads.digests("site", {"agenda": len(agendas), "minutes": len(minutes)}))
+    assert got == {"agenda": python_digest(agendas), "minutes": python_digest(minutes)}
+    assert ["union all" in c.sql for c in answering.calls] == [True, False, False]
+    assert all(not c.params.get("low") and not c.params.get("high") for c in answering.calls)
+
+
+def test_tables_large_together_are_asked_one_by_one_from_the_start():
+    agendas, minutes, conn = both_tables()
+    source, answering = fake(conn)
+    source.split_rows = len(agendas) + len(minutes) - 1
+    got = run(source.reads.digests("site", {"agenda": len(agendas), "minutes": len(minutes)}))
+    assert got == {"agenda": python_digest(agendas), "minutes": python_digest(minutes)}
+    assert len(answering.calls) == 2 and not any("union all" in c.sql for c in answering.calls)
 
 
 # ---- bisect --------------------------------------------------------------------------------------

@@ -40,10 +40,10 @@ class FakeReads:
         if self.error is not None:
             raise self.error
 
-    async def digests(self, subdomain, document_types, size_hint=0):
-        self.calls.append(("digests", (subdomain, list(document_types), size_hint)))
+    async def digests(self, subdomain, sizes):
+        self.calls.append(("digests", (subdomain, list(sizes), sum(sizes.values()))))
         await self._wait("digests")
-        return {t: {"ab": Bucket(len(t), 1, 2, 3)} for t in document_types}
+        return {t: {"ab": Bucket(len(t), 1, 2, 3)} for t in sizes}
 
     async def bisect(self, subdomain, asks, rows):
         self.calls.append(("bisect", (subdomain, dict(asks), dict(rows))))
