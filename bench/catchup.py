@@ -88,46 +88,24 @@ class Measurement:
 
 # ---- what each request was ----------------------------------------------------------------------
 
-_VALUES = {"id", "page_image", "entities_json", "votes_json"}
-_SELECT = re.compile(r"\bselect\s+(?:distinct\s+)?(.*?)\s+from\b", re.S)
-_LITERAL = re.compile(r"^(null|'[^']*'|-?\d+)(\s+as)?\s+\S+$")
 
-
-def _column_name(item: str) -> str:
-    """A select-list item's column: `t."x" as y` and `t.x y` -> y, `t.x` -> x."""
-    return item.strip().split()[-1].rsplit(".", 1)[-1].strip('"`[] ')
-
-
-def _select_lists(sql: str) -> list[set[str]]:
-    """The columns each select list in the SQL really reads: constants (`null as text`, a tag
-    `'agendas' tag`) left out; lists holding an expression or a subquery are skipped."""
-    out = []
-    for match in _SELECT.finditer(sql):
-        items = match.group(1)
-        if "select" in items or "(" in items:
-            continue
-        out.append({_column_name(i) for i in items.split(",") if not _LITERAL.match(i.strip())})
-    return out
-
-
-def kind_of_sql(sql: str) -> str:
-    """What a SQL question does, from the SQL itself (lower case, whitespace collapsed)."""
+def kind_of_sql(sql: str, params: dict[str, list[str]]) -> str:
+    """What a SQL question does, from the SQL the crawl sends and its parameters."""
     sql = " ".join(sql.lower().split())
-    if re.search(r"\bpacked\b", sql):
-        return "bisect"  # sub-bucket digests or listings, packed per bucket
-    if re.search(r"\bgroup by\b", sql) and re.search(r"\bbucket\b", sql):
+    if re.search(r"\bas packed\b", sql):
+        return "bisect"  # sub-bucket digests or listings, packed a bucket a row
+    if re.search(r"\bgroup by tag,bucket\b", sql):
         return "digest"
     if "civicband_rowid" in sql:
         return "other-rows"
-    lists = _select_lists(sql)
-    whole = any("*" in cols or "text" in cols for cols in lists)
-    values = any("id" in cols and len(cols) > 1 and cols <= _VALUES for cols in lists)
-    if "json_each" in sql and whole:
-        return "by-id+values" if values else "by-id"  # whole rows for a list of ids
-    if values:
-        return "values"  # only the columns the id does not hash (by id or by range)
-    if "json_each" in sql and re.search(r":buckets\b", sql):
-        return "listing"  # ids and fingerprints of whole buckets
+    if "select s.id id," in sql:
+        return "values-range"  # the values of whole buckets (or of every row: exact=true)
+    whole = any(k.endswith("_w") for k in params)
+    values = any(k.endswith("_v") for k in params)
+    if whole or values:
+        return {(True, False): "by-id", (False, True): "values", (True, True): "by-id+values"}[
+            (whole, values)
+        ]
     if "count(" in sql:
         return "count"
     return "sql"
@@ -138,9 +116,10 @@ def kind_of(entry: dict[str, Any]) -> str:
     path = entry["path"]
     if path.endswith(("/agendas.json", "/minutes.json")):
         return "page"
-    sql = parse_qs(entry["query"], keep_blank_values=True).get("sql")
+    params = parse_qs(entry["query"], keep_blank_values=True)
+    sql = params.pop("sql", None)
     if sql:
-        return kind_of_sql(sql[0])
+        return kind_of_sql(sql[0], params)
     if path.endswith(("/meetings.json", "/-/query.json")):
         return "probe"
     return "other"
