@@ -372,8 +372,10 @@ class CatchUp:
         depth = len(next(iter(listed_rows), "")) or 2
         for row_id in known:
             by_bucket[row_id[:depth]] = by_bucket.get(row_id[:depth], 0) + 1
-        dense = sorted(
-            b for b, n in by_bucket.items() if n >= cost.DENSE_SHARE * listed_rows.get(b, 0)
+        dense = sorted(  # of the listed buckets only (exact=true finds stale ids elsewhere too)
+            b
+            for b, n in by_bucket.items()
+            if b in listed_rows and n >= cost.DENSE_SHARE * listed_rows[b]
         )
         if sum(by_bucket[b] for b in dense) < DENSE_ROWS:
             dense = []

@@ -92,7 +92,9 @@ class Reads:
                     alone=len(tables) == 1,
                     split_on_interrupt=splittable,
                 )
-            except LacksColumn:  # not alone: each table by its own columns
+            except LacksColumn:  # not alone (alone, it lacks more than an older site does)
+                if len(tables) == 1:
+                    raise
                 return await self._one_by_one(subdomain, sizes)
             except Interrupted:
                 if len(tables) > 1:  # each table alone first: half the work an answer
@@ -192,7 +194,9 @@ class Reads:
                     h=digest.HEX,
                     **params,
                 )
-            except LacksColumn:  # not alone: each table by its own columns
+            except LacksColumn:  # not alone (alone, it lacks more than an older site does)
+                if len(part) == 1:
+                    raise
                 pending[:0] = [[i for i in batch if i[0] == kind] for kind in part]
                 continue
             except Interrupted:
@@ -253,14 +257,25 @@ class Reads:
         asked) or full is continued after its last id; only a short untruncated one ends it.
         """
         table = DOCUMENT_TABLES[document_type]
-        joined = ID_SEPARATOR.join(prefixes)
+        sql = bisect.range_values_sql(table, COLUMNS, MAX_PAGE_SIZE, located=located)
+        url = self._url_length(subdomain, sql, {"after": "f" * 12}, names=lambda item: item[0])
+        items = [("r", prefix) for prefix in prefixes]
+        for batch in self._pack(subdomain, items, url, lambda _: 0, math.inf):
+            joined = ID_SEPARATOR.join(prefix for _, prefix in batch)
+            async for rows in self._range(subdomain, table, joined, located):
+                yield rows
+
+    async def _range(
+        self, subdomain: str, table: str, prefixes: str, located: bool
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """One URL's worth of buckets, answer by answer, keyset on id."""
         after = ""
         while True:
             page = await self._with_columns(
                 subdomain,
                 lambda cols, after=after: (
                     bisect.range_values_sql(table, cols, MAX_PAGE_SIZE, located=located),
-                    {"after": after, "r": joined},
+                    {"after": after, "r": prefixes},
                 ),
             )
             rows = page.rows
@@ -330,8 +345,10 @@ class Reads:
                     alone=len({kind for kind, _ in keys}) == 1,
                     **params,
                 )
-            except LacksColumn:  # not alone: each table by its own columns
+            except LacksColumn:  # not alone (alone, it lacks more than an older site does)
                 kinds = sorted({kind for kind, _ in keys})
+                if len(kinds) == 1:
+                    raise
                 pending[:0] = [[i for i in batch if i[0][0] == kind] for kind in kinds]
                 continue
             got: set[tuple[tuple[str, bool], str]] = set()

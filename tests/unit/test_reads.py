@@ -18,7 +18,7 @@ import pytest
 from civicband import datasette
 from civicband.bisect import LIST_DEPTH, Ask
 from civicband.datasette import Interrupted, LacksColumn, SourceError, TablePage
-from civicband.digest import OTHER
+from civicband.digest import HEX_ID, OTHER
 from tests.unit.test_bisect import (
     COLUMNS,
     LEGACY_COLUMNS,
@@ -410,3 +410,50 @@ def test_a_lone_bucket_interrupted_fails_with_the_interrupt(prefixes):
     expected = [list(prefixes), ["ab"]] if len(prefixes) > 1 else [["ab"]]
     assert [c.items("minutes") for c in answering.calls] == expected
     assert [c.split_on_interrupt for c in answering.calls] == [len(c) > 1 for c in expected]
+
+
+# ---- a table that lacks more than an older site does ------------------------------------------
+
+# Not even page_image: both the full and the legacy SQL name a column it lacks.
+BARE = ("id", "meeting", "date", "page", "text")
+
+
+def bare_site():
+    rows = [{c: r[c] for c in BARE} for r in make_rows(["ab0000000001", "ab0000000002"])]
+    return site({"agendas": rows, "minutes": []}, {"agendas": BARE})
+
+
+def test_bisect_of_a_table_lacking_even_legacy_columns_fails_rather_than_loop():
+    source, answering = fake(bare_site())
+    with pytest.raises(SourceError):
+        run(source.reads.bisect("s", {"agenda": Ask(LIST_DEPTH, ("ab",))}, {"agenda": {"ab": 2}}))
+    assert len(answering.calls) <= 4
+
+
+def test_fetch_from_a_table_lacking_even_legacy_columns_fails_rather_than_loop():
+    source, answering = fake(bare_site())
+    with pytest.raises(SourceError):
+        run(collect(source.reads.fetch("s", {("agenda", False): ["ab0000000001"]})))
+    assert len(answering.calls) <= 4
+
+
+def test_digest_of_a_table_lacking_even_legacy_columns_fails_rather_than_loop():
+    source, answering = fake(bare_site())
+    with pytest.raises(SourceError):
+        run(source.reads.digests("s", {"agenda": 2, "minutes": 0}))
+    assert len(answering.calls) <= 6
+
+
+def test_value_ranges_of_many_buckets_are_asked_within_the_url_limit():
+    agendas, _, conn = both_tables()
+    source, answering = fake(conn)
+    source.url_limit = 1500
+    prefixes = [f"{i:03x}" for i in range(4096)]
+    rows = [
+        r for answer in run(collect(source.reads.values("s", "agenda", prefixes))) for r in answer
+    ]
+    conforming = sorted(
+        r["id"] for r in agendas if isinstance(r["id"], str) and HEX_ID.match(r["id"])
+    )
+    assert [r["id"] for r in rows] == conforming
+    assert len(answering.calls) > 1
