@@ -160,13 +160,14 @@ class Reads:
 
     async def bisect(
         self, subdomain: str, asks: Mapping[str, Ask], rows: Mapping[str, Mapping[str, int]]
-    ) -> dict[str, Answer]:
+    ) -> dict[str, Answer | SourceError]:
         """Each table's buckets answered at its depth (sub-bucket digests, or ids listed), in as
         few answers as the URL limit, the answer's rows and the time limit allow.
 
         `rows` says how many rows the source holds in each bucket (its digest): an answer
         fingerprints no more than CIVICBAND_DIGEST_SPLIT_ROWS of them. An answer cut short or
-        stopped by the time limit is asked again in halves; a lone bucket stopped by it fails.
+        stopped by the time limit is asked again in halves; a lone bucket stopped by it fails
+        its table (the error is that table's answer), and the other table goes on.
         """
         items = [(kind, p) for kind, ask in asks.items() for p in ask.prefixes]
         got = {kind: Answer({}, {}) for kind in asks}
@@ -176,51 +177,67 @@ class Reads:
             return rows.get(item[0], {}).get(item[1], 0)
 
         pending = self._pack(subdomain, items, self._bisect_url(subdomain, asks), weight, limit)
+        failed: dict[str, SourceError] = {}
         while pending:
             batch = pending.pop(0)
-            part = {
-                kind: Ask(asks[kind].depth, tuple(p for k, p in batch if k == kind))
-                for kind in asks
-                if any(k == kind for k, _ in batch)
-            }
-            tables = {kind: DOCUMENT_TABLES[kind] for kind in part}
-            params = {n: v for kind, ask in part.items() for n, v in ask.params(kind).items()}
             try:
-                page = await self._with_columns(
-                    subdomain,
-                    lambda cols, tables=tables: (bisect.bisect_sql(tables, cols), {}),
-                    alone=len(tables) == 1,
-                    split_on_interrupt=len(batch) > 1,
-                    h=digest.HEX,
-                    **params,
-                )
-            except LacksColumn:  # not alone (alone, it lacks more than an older site does)
-                if len(part) == 1:
+                answers = await self._bisect_batch(subdomain, asks, batch)
+            except SourceError as error:
+                kinds = {kind for kind, _ in batch}
+                if len(kinds) > 1:
                     raise
-                pending[:0] = [[i for i in batch if i[0] == kind] for kind in part]
+                # One table's bucket that cannot be answered fails that table, not the other.
+                failed[kinds.pop()] = error
+                pending = [b for b in ([i for i in b if i[0] not in failed] for b in pending) if b]
                 continue
-            except Interrupted:
-                if len(batch) == 1:  # retried by the middleware, and still too slow
-                    raise
-                self.source.stats.inc_value("civicband/bisect/splits")
-                pending[:0] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+            if isinstance(answers, list):  # asked again in parts
+                pending[:0] = answers
                 continue
-            if page.truncated:
-                if len(batch) == 1:
-                    raise SourceError("bisection answer truncated for one bucket", retryable=False)
-                self.source.stats.inc_value("civicband/bisect/splits")
-                pending[:0] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
-                continue
-            self.source.stats.inc_value("civicband/bisect/requests")
-            try:
-                answers = bisect.read_packed(page.rows, part)
-            except digest.DigestError as error:
-                raise SourceError(str(error), retryable=False) from None
             for kind, answer in answers.items():
                 got[kind].digests |= answer.digests
                 got[kind].listed |= answer.listed
                 self.source.stats.inc_value("civicband/catchup/listed", len(answer.listed))
-        return got
+        return {**got, **failed}
+
+    async def _bisect_batch(
+        self, subdomain: str, asks: Mapping[str, Ask], batch: list[tuple[str, str]]
+    ) -> dict[str, Answer] | list[list[tuple[str, str]]]:
+        """One bisection request's answers; or its parts, when it must be asked in parts."""
+        part = {
+            kind: Ask(asks[kind].depth, tuple(p for k, p in batch if k == kind))
+            for kind in asks
+            if any(k == kind for k, _ in batch)
+        }
+        tables = {kind: DOCUMENT_TABLES[kind] for kind in part}
+        params = {n: v for kind, ask in part.items() for n, v in ask.params(kind).items()}
+        try:
+            page = await self._with_columns(
+                subdomain,
+                lambda cols: (bisect.bisect_sql(tables, cols), {}),
+                alone=len(tables) == 1,
+                split_on_interrupt=len(batch) > 1,
+                h=digest.HEX,
+                **params,
+            )
+        except LacksColumn:  # not alone (alone, it lacks more than an older site does)
+            if len(part) == 1:
+                raise
+            return [[i for i in batch if i[0] == kind] for kind in part]
+        except Interrupted:
+            if len(batch) == 1:  # retried by the middleware, and still too slow
+                raise
+            self.source.stats.inc_value("civicband/bisect/splits")
+            return [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+        if page.truncated:
+            if len(batch) == 1:
+                raise SourceError("bisection answer truncated for one bucket", retryable=False)
+            self.source.stats.inc_value("civicband/bisect/splits")
+            return [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+        self.source.stats.inc_value("civicband/bisect/requests")
+        try:
+            return bisect.read_packed(page.rows, part)
+        except digest.DigestError as error:
+            raise SourceError(str(error), retryable=False) from None
 
     def _bisect_url(self, subdomain: str, asks: Mapping[str, Ask]) -> Callable[[list], int]:
         """The URL length of a bisection request carrying these items."""
@@ -239,8 +256,12 @@ class Reads:
         if not buckets:
             return {}
         ask = Ask(bisect.LIST_DEPTH, tuple(buckets))
-        answer = await self.bisect(subdomain, {document_type: ask}, {document_type: rows})
-        return answer[document_type].listed
+        answer = (await self.bisect(subdomain, {document_type: ask}, {document_type: rows}))[
+            document_type
+        ]
+        if isinstance(answer, SourceError):
+            raise answer
+        return answer.listed
 
     async def values(
         self,

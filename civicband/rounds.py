@@ -171,7 +171,11 @@ class Rounds:
                 {t: q.rows for t, q in questions.items()},  # type: ignore[union-attr]
             )
             for table, future in futures.items():
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(answers[table], Exception):  # that table's alone
+                    future.set_exception(answers[table])
+                else:
                     future.set_result(answers[table])
         else:
             await self._fetch(subdomain, questions, futures)  # type: ignore[arg-type]

@@ -201,8 +201,9 @@ def test_a_truncated_bisection_is_split_in_halves_never_taken_for_complete():
 def test_a_lone_bucket_truncated_is_an_error(prefixes):
     _, _, conn = both_tables()
     source, answering = fake(conn, cap=0)
-    with pytest.raises(SourceError, match="truncated for one bucket"):
-        run(source.reads.bisect("site", {"minutes": Ask(LIST_DEPTH, prefixes)}, {}))
+    got = run(source.reads.bisect("site", {"minutes": Ask(LIST_DEPTH, prefixes)}, {}))
+    assert isinstance(got["minutes"], SourceError)
+    assert "truncated for one bucket" in str(got["minutes"])
     assert len(answering.calls) == len(prefixes)  # both together, then the first alone
 
 
@@ -394,7 +395,7 @@ def test_values_cover_deep_buckets_of_minutes_too():
 
 
 @pytest.mark.parametrize("prefixes", [("ab",), ("ab", "cd")])
-def test_a_lone_bucket_interrupted_fails_with_the_interrupt(prefixes):
+def test_a_lone_bucket_interrupted_fails_its_table_with_the_interrupt(prefixes):
     """A lone bucket that still hits the time limit fails (Reads.bisect's docstring): it is
     never split into an empty batch, whose SQL names no table, nor asked again and again."""
     _, _, conn = both_tables()
@@ -404,8 +405,8 @@ def test_a_lone_bucket_interrupted_fails_with_the_interrupt(prefixes):
         return True
 
     source, answering = fake(conn, interrupt=always, max_calls=10)
-    with pytest.raises(Interrupted):
-        run(source.reads.bisect("site", {"minutes": Ask(LIST_DEPTH, prefixes)}, {}))
+    got = run(source.reads.bisect("site", {"minutes": Ask(LIST_DEPTH, prefixes)}, {}))
+    assert isinstance(got["minutes"], Interrupted)
     # Both together (split on interrupt), then the first alone, which fails the bisection.
     expected = [list(prefixes), ["ab"]] if len(prefixes) > 1 else [["ab"]]
     assert [c.items("minutes") for c in answering.calls] == expected
@@ -425,8 +426,8 @@ def bare_site():
 
 def test_bisect_of_a_table_lacking_even_legacy_columns_fails_rather_than_loop():
     source, answering = fake(bare_site())
-    with pytest.raises(SourceError):
-        run(source.reads.bisect("s", {"agenda": Ask(LIST_DEPTH, ("ab",))}, {"agenda": {"ab": 2}}))
+    got = run(source.reads.bisect("s", {"agenda": Ask(LIST_DEPTH, ("ab",))}, {"agenda": {"ab": 2}}))
+    assert isinstance(got["agenda"], SourceError)
     assert len(answering.calls) <= 4
 
 
@@ -457,3 +458,16 @@ def test_value_ranges_of_many_buckets_are_asked_within_the_url_limit():
     )
     assert [r["id"] for r in rows] == conforming
     assert len(answering.calls) > 1
+
+
+def test_a_bucket_one_table_cannot_answer_fails_that_table_not_the_other():
+    agendas, minutes, conn = both_tables()
+    asks = {"agenda": Ask(LIST_DEPTH, ("ab",)), "minutes": Ask(LIST_DEPTH, ("ab", "cd"))}
+
+    def agendas_too_slow(call):  # agendas' bucket never answers in time, alone or not
+        return bool(call.items("agenda"))
+
+    source, _ = fake(conn, interrupt=agendas_too_slow)
+    got = run(source.reads.bisect("site", asks, {}))
+    assert isinstance(got["agenda"], Interrupted)
+    assert got["minutes"].listed == python_listing(minutes, ("ab", "cd"))

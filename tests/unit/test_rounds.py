@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from civicband.bisect import LIST_DEPTH, Answer, Ask
-from civicband.datasette import SourceError
+from civicband.datasette import Interrupted, SourceError
 from civicband.digest import Bucket
 from civicband.reads import Fetched
 from civicband.rounds import Rounds
@@ -312,3 +312,25 @@ def test_a_pending_fetch_goes_alone_when_the_other_member_leaves_after_its_bisec
     assert kinds == ["bisect", "fetch"]
     assert last == ("fetch", (SITE, {("agenda", True): ["a1"]}))
     assert [f.rows for f in fetched] == [[{"id": "a1"}]]
+
+
+def test_a_bisection_error_of_one_table_reaches_that_table_only():
+    class OneTableFails(FakeReads):
+        async def bisect(self, subdomain, asks, rows):
+            answers = await super().bisect(subdomain, asks, rows)
+            return {**answers, "agenda": Interrupted("agendas' bucket is too slow")}
+
+    async def main():
+        reads = OneTableFails()
+        rounds = Rounds(reads)
+        rounds.join(SITE, "agenda")
+        rounds.join(SITE, "minutes")
+        return await asyncio.gather(
+            rounds.bisect(SITE, "agenda", Ask(12, ("ab",)), {}),
+            rounds.bisect(SITE, "minutes", Ask(12, ("cd",)), {}),
+            return_exceptions=True,
+        )
+
+    agenda, minutes = run(main())
+    assert isinstance(agenda, Interrupted)
+    assert minutes == Answer({"minutes": Bucket(1)}, {})
