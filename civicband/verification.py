@@ -84,6 +84,31 @@ class Verify:
         self.max_ratio = settings.getfloat("CIVICBAND_VERIFY_MAX_MISSING_RATIO")
         self.guard = settings.getfloat("CIVICBAND_SHRINK_GUARD")
         self.warn_ratio = settings.getfloat("CIVICBAND_REMOVAL_WARN_RATIO")
+        # Source digests asked as a full pass's last page arrived, by job id, until verified.
+        self.asked: dict[int, asyncio.Task[tuple[digest.Digest | None, str]]] = {}
+
+    def ask_early(self, job: ActiveJob) -> None:
+        """The source has no page after the one just fetched: ask its digest while pages are stored.
+
+        Every bucket was listed before this request is sent, as when the last page is stored;
+        the pages still being written change nothing the source's digest depends on.
+        """
+        task = asyncio.ensure_future(self._digest_for(job))
+        self.asked[job.job_id] = task
+        job.tasks.add(task)  # among the job's steps: cancelled with them if it ends first
+
+        def done(finished: asyncio.Task) -> None:
+            job.tasks.discard(finished)
+            if not finished.cancelled():
+                finished.exception()  # seen here; the verification that awaits it gets it again
+
+        task.add_done_callback(done)
+
+    def forget(self, job: ActiveJob) -> None:
+        """The job left this process: a digest asked for it early is needed no more."""
+        task = self.asked.pop(job.job_id, None)
+        if task is not None:
+            task.cancel()
 
     async def run(self, job: ActiveJob, taken: Exhausted) -> str:
         """Verify one job and record the verdict (fenced); the job's status to end with."""
@@ -106,17 +131,14 @@ class Verify:
         taken: exact.Exact | None,
     ) -> Verdict:
         registry, source = self.registry, self.source
-        site, kind = job.subdomain, job.document_type
         note = ""
         state: Held | None = None
         unswept: Unswept | None = None
         if source_digest is None:
-            pages, rejected = await registry.run_step(
-                job, "reading the mirror", lambda conn: mirror.local_counts(conn, site, kind)
-            )
+            asked = self.asked.pop(job.job_id, None)
             # The mirror's side does not depend on the source's digest: read while it is asked.
             (source_digest, note), (state, unswept) = await asyncio.gather(
-                self._source_digest(site, kind, pages + rejected),
+                asked if asked is not None else self._digest_for(job),
                 registry.run_step(job, "reading the mirror", lambda conn: before_digest(conn, job)),
             )
         if job.mode == jobs.FULL:
@@ -167,12 +189,21 @@ class Verify:
             return Verdict("unknown", expected, actual, rejected, None, None, None, message)
         return verdict
 
-    async def _source_digest(
-        self, site: str, kind: str, size_hint: int
-    ) -> tuple[digest.Digest | None, str]:
-        """The source's digest, or None and why it could not be taken."""
+    async def _digest_for(self, job: ActiveJob) -> tuple[digest.Digest | None, str]:
+        """The source's digest, or None and why it could not be taken.
+
+        Its size (whether it is asked in id ranges) is the source's own count when the pass
+        took one, else what the mirror holds.
+        """
+        site, kind = job.subdomain, job.document_type
+        size = job.rows_expected
+        if size is None:
+            pages, rejected = await self.registry.run_step(
+                job, "reading the mirror", lambda conn: mirror.local_counts(conn, site, kind)
+            )
+            size = pages + rejected
         try:
-            return await self.source.digest(site, kind, size_hint=size_hint), ""
+            return await self.source.digest(site, kind, size_hint=size), ""
         except SourceError as error:
             return None, str(error)
 
