@@ -93,6 +93,8 @@ class Verify:
         Every bucket was listed before this request is sent, as when the last page is stored;
         the pages still being written change nothing the source's digest depends on.
         """
+        if job.job_id in self.asked:
+            return  # the last page answered twice (a retry that raced its first answer)
         task = asyncio.ensure_future(self._digest_for(job))
         self.asked[job.job_id] = task
         job.tasks.add(task)  # among the job's steps: cancelled with them if it ends first
