@@ -32,6 +32,7 @@ import base64
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from operator import mul
 from typing import Any
 
 # The columns the id does not hash: they change in place, so a fingerprint samples them.
@@ -121,11 +122,14 @@ def _sqlite_value(value: Any) -> tuple[int, bytes] | None:
     """
     if value is None:
         return None
+    if type(value) is str:  # nearly every value: tested first, before the ABC check below
+        length = len(value) if "\x00" not in value else len(value.split("\x00", 1)[0])
+        return length, value.encode("utf-8", "surrogatepass")
     if isinstance(value, bytes):
         return len(value), value
     if isinstance(value, Mapping) and (blob := _blob(value)) is not None:
         return len(blob), blob
-    text = value if isinstance(value, str) else str(value)
+    text = str(value)
     return len(text.split("\x00", 1)[0]), text.encode("utf-8", "surrogatepass")
 
 
@@ -142,6 +146,8 @@ def _chained(digits: str) -> int:
         at = 0
         for weight in weights:
             found = digits.find(pattern, at)
+            if found < 0 and len(digits) < _NOT_FOUND:
+                break  # the rest of the chain stands past the value's end: each step reads 0
             at = found + 1 if found >= 0 else _NOT_FOUND
             start = at - 1 + len(pattern)
             read = _leading_int(digits[start : start + width]) if width else at % _NOT_FOUND
@@ -150,6 +156,15 @@ def _chained(digits: str) -> int:
     for k, weight in enumerate(_TAIL_WEIGHTS):
         total += weight * (_leading_int(tail[18 * k : 18 * k + 18]) % MODULUS)
     return total
+
+
+# The nibbles' and first bytes' terms as one sum of products over C-level maps (value_fp runs
+# for every row a crawl stores, so its constant terms are gathered once here).
+_NIBBLE_DIGITS = tuple(nibble for nibble, _ in _NIBBLES)
+_NIBBLE_WEIGHTS = tuple(weight for _, weight in _NIBBLES)
+_FIRST_BYTES = tuple(byte for byte, _ in _FIRSTS)
+_FIRST_WEIGHTS = tuple(weight for _, weight in _FIRSTS)
+_FIRSTS_OFFSET = sum(_FIRST_WEIGHTS)  # find() counts from 0, instr() from 1
 
 
 def value_fp(row: Mapping[str, Any]) -> int:
@@ -162,8 +177,8 @@ def value_fp(row: Mapping[str, Any]) -> int:
             total += weight * (stored[0] + 1)
             joined += stored[1]
     digits = joined.hex().upper()
-    total += sum(weight * digits.count(nibble) for nibble, weight in _NIBBLES)
-    total += sum(weight * (digits.find(byte) + 1) for byte, weight in _FIRSTS)
+    total += sum(map(mul, _NIBBLE_WEIGHTS, map(digits.count, _NIBBLE_DIGITS)))
+    total += sum(map(mul, _FIRST_WEIGHTS, map(digits.find, _FIRST_BYTES))) + _FIRSTS_OFFSET
     return (total + _chained(digits)) % MODULUS
 
 

@@ -152,6 +152,15 @@ async def seen_digest(
     )
 
 
+async def sweepable(
+    conn: psycopg.AsyncConnection, subdomain: str, document_type: str, job_id: int
+) -> frozenset[str]:
+    """Hex buckets where a sweep would remove something: read before the source's digest is in."""
+    params = {**_params(subdomain, document_type), "job_id": job_id, "invalid_id": INVALID_ID}
+    rows = await (await conn.execute(query("sweepable"), params)).fetchall()
+    return frozenset(row[0] for row in rows)
+
+
 async def sweep_preview(
     conn: psycopg.AsyncConnection,
     subdomain: str,

@@ -141,6 +141,10 @@ class Registry:
         if (job := self.get(request.meta.get("job_id"))) is not None:
             job.wait(why)
 
+    def last_page_fetched(self, job: ActiveJob) -> None:
+        """A full pass has fetched its last page: verification asks the source's digest now."""
+        self.verify.ask_early(job)
+
     def page_stored(self, job: ActiveJob, *, final: bool) -> None:
         """The pipeline committed a page; after the last one, verification takes over."""
         if final and job.move(VERIFYING):
@@ -256,6 +260,7 @@ class Registry:
         if self.jobs.pop(job.job_id, None) is None:
             return
         self.outcomes[job.job_id] = status
+        self.verify.forget(job)
         current = asyncio.current_task()
         for task in list(job.tasks):
             if task is not current:

@@ -2,6 +2,8 @@
 
 import os
 
+from scrapy.settings import default_settings
+
 from civicband import __version__
 
 BOT_NAME = "civicband"
@@ -12,10 +14,6 @@ COMMANDS_MODULE = "civicband.commands"
 # civic.band's bot wall refuses Scrapy's default and browser-like agents: say who we are.
 USER_AGENT = f"civicband/{__version__} (civic.band PostgreSQL mirror)"
 ROBOTSTXT_OBEY = False
-# Both run arbitrary code inside the crawl, which holds the database URL and the service
-# secret; live status is read-only (SPEC §4), so neither is on.
-TELNETCONSOLE_ENABLED = False
-REMOTE_CONTROL_ENABLED = False
 LOG_LEVEL = "INFO"
 
 CIVICBAND_DATABASE_URL = os.environ.get("CIVICBAND_DATABASE_URL", "")
@@ -80,6 +78,27 @@ DOWNLOAD_DELAY = 0
 # A 1000-row page is 2-4 MB of JSON: this bounds the pages parsed and waiting to be stored
 # (memory) while leaving room for a few jobs to write at once.
 SCRAPER_SLOT_MAX_ACTIVE_SIZE = 20_000_000
+
+# Scrapy's components that are never on here are left out of the base lists themselves: Scrapy
+# imports every key of EXTENSIONS and DOWNLOADER_MIDDLEWARES, None or not, and these modules pull
+# in aiohttp, twisted.conch, tldextract and requests, about a tenth of the crawl's start-up.
+# The telnet console and remote control run arbitrary code inside the crawl, which holds the
+# database URL and the service secret; live status is read-only (SPEC §4). The sites answer a
+# service secret sent in a header, never a cookie.
+EXTENSIONS_BASE = {
+    path: order
+    for path, order in default_settings.EXTENSIONS_BASE.items()
+    if path
+    not in (
+        "scrapy.extensions.telnet.TelnetConsole",
+        "scrapy.extensions.remote_control.RemoteControl",
+    )
+}
+DOWNLOADER_MIDDLEWARES_BASE = {
+    path: order
+    for path, order in default_settings.DOWNLOADER_MIDDLEWARES_BASE.items()
+    if path != "scrapy.downloadermiddlewares.cookies.CookiesMiddleware"
+}
 
 # The civicband spider adds its own components (its jobs' registry and progress, the cursor
 # gate, the page pipeline): civicband.spiders.civicband.CivicbandSpider.components.

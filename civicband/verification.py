@@ -1,15 +1,18 @@
 """Verification: when a job has nothing more to fetch, prove the mirror equal to the source.
 
-The source's digest is fetched through the engine (unless a catch-up just took one), a full
-pass first sweeps what it did not see (within the shrink guard), the mirror's digest is
-compared bucket by bucket, differing buckets are listed id by id, a job of an exact=true run
-has every value compared too (civicband.exact), civicband.verify.decide judges, and
+The source's digest is fetched through the engine (unless a catch-up just took one) while the
+mirror's side, which does not depend on it, is read beside the request; a full pass then sweeps
+what it did not see (within the shrink guard, and only where there is something to sweep), the
+mirror's digest is compared bucket by bucket, differing buckets are listed id by id, a job of an
+exact=true run has every value compared too (civicband.exact), civicband.verify.decide judges, and
 civicband/jobs.py records the verdict and which check judged it, fenced by the job's lease.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scrapy.crawler import Crawler
@@ -30,6 +33,45 @@ logger = logging.getLogger(__name__)
 LEVELS = {"passed": logging.INFO, "unknown": logging.WARNING, "warned": logging.WARNING}
 
 
+@dataclass(frozen=True)
+class Held:
+    """What the mirror holds of a (site, type): its digest, pages and rejected rows."""
+
+    local: digest.Digest
+    pages: int
+    rejected: int
+
+
+@dataclass(frozen=True)
+class Unswept:
+    """What a full pass saw, and the buckets where its sweep would remove something."""
+
+    seen: digest.Digest
+    buckets: frozenset[str]
+
+    def sweeps(self, source: digest.Digest) -> bool:
+        """Whether a sweep weighed against the source's digest would remove anything."""
+        return not self.buckets.isdisjoint(digest.seen_whole(source, self.seen))
+
+
+async def held(conn: Any, job: ActiveJob) -> Held:
+    """The mirror's digest and counts of the job's (site, type)."""
+    site, kind = job.subdomain, job.document_type
+    local = await mirror.local_digest(conn, site, kind)
+    pages, rejected = await mirror.local_counts(conn, site, kind)
+    return Held(local, pages, rejected)
+
+
+async def before_digest(conn: Any, job: ActiveJob) -> tuple[Held, Unswept | None]:
+    """The mirror's side, which the source's digest does not change; a full pass's sweep too."""
+    state = await held(conn, job)
+    if job.mode != jobs.FULL:
+        return state, None
+    site, kind = job.subdomain, job.document_type
+    seen = await mirror.seen_digest(conn, site, kind, job.job_id)
+    return state, Unswept(seen, await mirror.sweepable(conn, site, kind, job.job_id))
+
+
 class Verify:
     """Verify a job whose pages are exhausted: a step the Registry runs, returning its status."""
 
@@ -42,6 +84,33 @@ class Verify:
         self.max_ratio = settings.getfloat("CIVICBAND_VERIFY_MAX_MISSING_RATIO")
         self.guard = settings.getfloat("CIVICBAND_SHRINK_GUARD")
         self.warn_ratio = settings.getfloat("CIVICBAND_REMOVAL_WARN_RATIO")
+        # Source digests asked as a full pass's last page arrived, by job id, until verified.
+        self.asked: dict[int, asyncio.Task[tuple[digest.Digest | None, str]]] = {}
+
+    def ask_early(self, job: ActiveJob) -> None:
+        """The source has no page after the one just fetched: ask its digest while pages are stored.
+
+        Every bucket was listed before this request is sent, as when the last page is stored;
+        the pages still being written change nothing the source's digest depends on.
+        """
+        if job.job_id in self.asked:
+            return  # the last page answered twice (a retry that raced its first answer)
+        task = asyncio.ensure_future(self._digest_for(job))
+        self.asked[job.job_id] = task
+        job.tasks.add(task)  # among the job's steps: cancelled with them if it ends first
+
+        def done(finished: asyncio.Task) -> None:
+            job.tasks.discard(finished)
+            if not finished.cancelled():
+                finished.exception()  # seen here; the verification that awaits it gets it again
+
+        task.add_done_callback(done)
+
+    def forget(self, job: ActiveJob) -> None:
+        """The job left this process: a digest asked for it early is needed no more."""
+        task = self.asked.pop(job.job_id, None)
+        if task is not None:
+            task.cancel()
 
     async def run(self, job: ActiveJob, taken: Exhausted) -> str:
         """Verify one job and record the verdict (fenced); the job's status to end with."""
@@ -64,30 +133,27 @@ class Verify:
         taken: exact.Exact | None,
     ) -> Verdict:
         registry, source = self.registry, self.source
-        site, kind = job.subdomain, job.document_type
         note = ""
+        state: Held | None = None
+        unswept: Unswept | None = None
         if source_digest is None:
-            pages, rejected = await registry.run_step(
-                job, "reading the mirror", lambda conn: mirror.local_counts(conn, site, kind)
+            asked = self.asked.pop(job.job_id, None)
+            # The mirror's side does not depend on the source's digest: read while it is asked.
+            (source_digest, note), (state, unswept) = await asyncio.gather(
+                asked if asked is not None else self._digest_for(job),
+                registry.run_step(job, "reading the mirror", lambda conn: before_digest(conn, job)),
             )
-            try:
-                source_digest = await source.digest(site, kind, size_hint=pages + rejected)
-            except SourceError as error:
-                note = str(error)
         if job.mode == jobs.FULL:
-            refusal = await self._sweep(job, source_digest)
-            if refusal is not None:
-                return refusal
             if source_digest is None:
                 note += "; pages the pass did not see were kept"
-
-        async def local_state(conn: Any) -> tuple[digest.Digest, tuple[int, int]]:
-            return (
-                await mirror.local_digest(conn, site, kind),
-                await mirror.local_counts(conn, site, kind),
-            )
-
-        local, (actual, rejected) = await registry.run_step(job, "reading the mirror", local_state)
+            elif unswept is None or unswept.sweeps(source_digest):
+                refusal = await self._sweep(job, source_digest)
+                if refusal is not None:
+                    return refusal
+                state = None  # the sweep may have changed the mirror: read it again
+        if state is None:
+            state = await registry.run_step(job, "reading the mirror", lambda conn: held(conn, job))
+        local, actual, rejected = state.local, state.pages, state.rejected
         expected = None if source_digest is None else digest.count(source_digest)
         differ = [] if source_digest is None else digest.differing(source_digest, local)
         difference = None
@@ -125,15 +191,31 @@ class Verify:
             return Verdict("unknown", expected, actual, rejected, None, None, None, message)
         return verdict
 
-    async def _sweep(self, job: ActiveJob, source_digest: digest.Digest | None) -> Verdict | None:
+    async def _digest_for(self, job: ActiveJob) -> tuple[digest.Digest | None, str]:
+        """The source's digest, or None and why it could not be taken.
+
+        Its size (whether it is asked in id ranges) is the source's own count when the pass
+        took one, else what the mirror holds.
+        """
+        site, kind = job.subdomain, job.document_type
+        size = job.rows_expected
+        if size is None:
+            pages, rejected = await self.registry.run_step(
+                job, "reading the mirror", lambda conn: mirror.local_counts(conn, site, kind)
+            )
+            size = pages + rejected
+        try:
+            return await self.source.digest(site, kind, size_hint=size), ""
+        except SourceError as error:
+            return None, str(error)
+
+    async def _sweep(self, job: ActiveJob, source_digest: digest.Digest) -> Verdict | None:
         """A complete pass removes what it did not see, only where it saw a bucket whole.
 
         A bucket whose ids the pass saw exactly as the source's digest counts and sums them
         proves every other id there gone; a bucket it saw short (a `next` that ended early, a
         rebuild under way) proves nothing, and keeps every page. The shrink guard still holds.
         """
-        if source_digest is None:
-            return None  # no digest to weigh the sweep against: keep everything
         site, kind = job.subdomain, job.document_type
         source_count = digest.count(source_digest)
 

@@ -317,15 +317,16 @@ ON CONFLICT (subdomain, document_type, raw_md5) DO UPDATE
        content_fp = EXCLUDED.content_fp, copies = EXCLUDED.copies, modified = now()
 
 -- name: remember_seen
--- The ids this pass has seen, for the sweep when the pass ends.
-INSERT INTO job_seen_ids (job_id, id) SELECT %(job_id)s, id FROM civicband_staging
-ON CONFLICT DO NOTHING
+-- The ids this pass has seen, for the sweep when the pass ends: one row for the page.
+INSERT INTO job_seen_pages (job_id, ids) SELECT %(job_id)s, array_agg(id) FROM civicband_staging
 
 -- name: seen_digest
 -- What a full pass saw, per hex bucket, summed as the source's digest sums ids: the ids it
 -- stored and the rejections it met again. A bucket whose sums equal the source's was seen whole.
 WITH ids AS (
-    SELECT id, 1 AS copies FROM job_seen_ids WHERE job_id = %(job_id)s
+    -- DISTINCT: an id two pages of the pass brought counts once, as in a table keyed by id.
+    SELECT DISTINCT id, 1 AS copies FROM job_seen_pages, unnest(ids) AS id
+     WHERE job_id = %(job_id)s
     UNION ALL
     SELECT row_id, copies FROM rejected_rows
      WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
@@ -338,13 +339,16 @@ FROM ids WHERE id ~ '^[0-9a-f]{12}$' GROUP BY 1
 
 -- name: sweep_preview
 -- What the shrink guard weighs: pages here, and those a sweep of these buckets would remove.
+-- Unseen pages by EXCEPT, a set operation: the seen ids are an array per page, with no index to
+-- probe, and a nested loop over them (a plan chosen before any statistics) is quadratic.
 SELECT (SELECT count(*) FROM meeting_pages
          WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s) AS local,
-       (SELECT count(*) FROM meeting_pages p
-         WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
-           AND p.id ~ '^[0-9a-f]{12}$' AND substr(p.id, 1, 2) = ANY(%(buckets)s::text[])
-           AND NOT EXISTS (SELECT 1 FROM job_seen_ids s
-                            WHERE s.job_id = %(job_id)s AND s.id = p.id)) AS unseen
+       (SELECT count(*) FROM (
+            SELECT p.id FROM meeting_pages p
+             WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
+               AND p.id ~ '^[0-9a-f]{12}$' AND substr(p.id, 1, 2) = ANY(%(buckets)s::text[])
+            EXCEPT
+            SELECT unnest(ids) FROM job_seen_pages WHERE job_id = %(job_id)s) unseen) AS unseen
 
 -- name: sweep_unseen
 -- After a complete pass: pages of the buckets it saw whole that it did not see (sites are
@@ -353,7 +357,8 @@ SELECT (SELECT count(*) FROM meeting_pages
 SELECT p.id FROM meeting_pages p
  WHERE p.subdomain = %(subdomain)s AND p.document_type = %(document_type)s
    AND p.id ~ '^[0-9a-f]{12}$' AND substr(p.id, 1, 2) = ANY(%(buckets)s::text[])
-   AND NOT EXISTS (SELECT 1 FROM job_seen_ids s WHERE s.job_id = %(job_id)s AND s.id = p.id)
+EXCEPT
+SELECT unnest(ids) FROM job_seen_pages WHERE job_id = %(job_id)s
 
 -- name: sweep_rejections
 -- After a complete pass: rejections of the buckets it saw whole that it did not meet again.
@@ -363,9 +368,26 @@ WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
   AND job_id IS DISTINCT FROM %(job_id)s AND reason <> %(invalid_id)s
   AND row_id ~ '^[0-9a-f]{12}$' AND substr(row_id, 1, 2) = ANY(%(buckets)s::text[])
 
+-- name: sweepable
+-- Read while the source's digest is on its way: the hex buckets where a sweep would remove
+-- something (a page this pass did not see, a rejection it did not meet again). A sweep weighed
+-- against the digest is needed only where one of these is seen whole.
+SELECT DISTINCT substr(id, 1, 2) FROM (
+    (SELECT id FROM meeting_pages
+      WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+        AND id ~ '^[0-9a-f]{12}$'
+     EXCEPT
+     SELECT unnest(ids) FROM job_seen_pages WHERE job_id = %(job_id)s)
+    UNION ALL
+    SELECT row_id FROM rejected_rows
+     WHERE subdomain = %(subdomain)s AND document_type = %(document_type)s
+       AND job_id IS DISTINCT FROM %(job_id)s AND reason <> %(invalid_id)s
+       AND row_id ~ '^[0-9a-f]{12}$'
+) unswept(id)
+
 -- name: forget_seen
--- The one delete of job_seen_ids: after a verdict, and when a pass starts anew.
-DELETE FROM job_seen_ids WHERE job_id = ANY(%(job_ids)s)
+-- The one delete of job_seen_pages: after a verdict, and when a pass starts anew.
+DELETE FROM job_seen_pages WHERE job_id = ANY(%(job_ids)s)
 
 -- name: local_counts
 -- Rejected rows count every identical copy the source holds (NULL-id twins are one rejection).

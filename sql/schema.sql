@@ -148,12 +148,14 @@ CREATE TABLE rejected_rows (
     UNIQUE (subdomain, document_type, raw_md5)
 );
 
--- The ids one full pass of a job has seen: what it did not see, the source no longer has.
-CREATE TABLE job_seen_ids (
-    job_id bigint NOT NULL REFERENCES backfill_jobs (id) ON DELETE CASCADE,
-    id     text NOT NULL,
-    PRIMARY KEY (job_id, id)
+-- The ids one full pass of a job has seen, one row per stored page: what it did not see, the
+-- source no longer has. No foreign key and no index per id: the page transaction stays cheap
+-- (0008); forget_seen removes a job's rows with its verdict.
+CREATE TABLE job_seen_pages (
+    job_id bigint NOT NULL,
+    ids    text[] NOT NULL
 );
+CREATE INDEX job_seen_pages_job_idx ON job_seen_pages (job_id);
 
 -- civicband/digest.py's content_fp in PostgreSQL, for values PostgreSQL holds (no NUL): the
 -- same weights over the hex digits of the values joined (votes_json, entities_json,

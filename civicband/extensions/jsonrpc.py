@@ -26,8 +26,6 @@ from scrapy.settings import BaseSettings
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.reactor import listen_tcp
 from twisted.internet.error import CannotListenError
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
 
 from civicband.config import JsonRpcConfig, read_jsonrpc
 from civicband.db import passwords
@@ -36,7 +34,6 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.statscollectors import StatsCollector
     from twisted.internet.tcp import Port
-    from twisted.web.server import Request
 
 logger = logging.getLogger(__name__)
 
@@ -298,66 +295,6 @@ class Dispatcher:
         return answer if "id" in request else None
 
 
-# ---- HTTP ----------------------------------------------------------------------------------
-
-
-class StatsResource(Resource):
-    """HTTP for the protocol: POST on /crawler/stats only; every other path or verb an error."""
-
-    isLeaf = True
-
-    def __init__(self, dispatcher: Dispatcher, redactor: Redactor) -> None:
-        super().__init__()
-        self.dispatcher = dispatcher
-        self.redactor = redactor
-
-    def render(self, request: Request) -> bytes | int:
-        """Answer one HTTP request with a JSON-RPC body, or 204 when there is nothing to say."""
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        try:
-            answer = self.answer(request)
-        except Exception as error:
-            logger.error("JSON-RPC: answering failed: %s", self.redactor.text(describe(error)))
-            request.setResponseCode(500)
-            answer = error_answer(None, INTERNAL_ERROR, "Internal error")
-        if answer is None:
-            # Per RFC 9110 a 204 carries no Content-Length, which returning b"" would add.
-            request.setResponseCode(204)
-            request.responseHeaders.removeHeader(b"content-type")
-            request.finish()
-            return NOT_DONE_YET
-        return self.redactor.dumps(answer)
-
-    def answer(self, request: Request) -> Any:
-        """The JSON-RPC answer to an HTTP request, setting the HTTP status of a refusal."""
-        if request.path != PATH:
-            request.setResponseCode(404)
-            return error_answer(None, METHOD_NOT_FOUND, f"{READ_ONLY}, by POST on {PATH.decode()}")
-        if request.method != b"POST":
-            request.setResponseCode(405)
-            request.setHeader(b"allow", b"POST")
-            return error_answer(
-                None,
-                INVALID_REQUEST,
-                f"Invalid Request: POST a JSON-RPC 2.0 request to {PATH.decode()}",
-            )
-        body = request.content.read(MAX_BODY + 1) if request.content else b""
-        if len(body) > MAX_BODY:
-            request.setResponseCode(413)
-            return error_answer(None, INVALID_REQUEST, f"Invalid Request: over {MAX_BODY} bytes")
-        return self.dispatcher.handle(body)
-
-
-class QuietSite(Site):
-    """twisted.web's site without its access log: a monitor polling stats would flood the log."""
-
-    noisy = False
-
-    def log(self, request: Request) -> None:
-        """Log nothing per request."""
-
-
 # ---- the extension -------------------------------------------------------------------------
 
 
@@ -404,6 +341,9 @@ class JsonRpc:
 
     def engine_started(self) -> None:
         """Listen on the first free port of JSONRPC_PORT; without one the crawl goes on."""
+        # twisted.web is imported only when JSON-RPC is on: a crawl without it starts sooner.
+        from civicband.extensions.jsonrpc_http import QuietSite, StatsResource
+
         resource = StatsResource(Dispatcher(self.methods, self.redactor), self.redactor)
         site = QuietSite(resource, timeout=IDLE_TIMEOUT)
         try:

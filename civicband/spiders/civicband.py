@@ -224,6 +224,8 @@ class CivicbandSpider(StoreSpider):
         self.source.learn(job.subdomain, response.body)
         if page.next is not None:
             yield self.page_request(job)
+        else:
+            self.registry.last_page_fetched(job)
         yield PageItem(
             job_id=job.job_id,
             token=job.lease.token,

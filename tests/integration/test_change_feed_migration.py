@@ -51,7 +51,7 @@ def test_the_migration_gives_existing_pages_versions_once_in_key_order(database_
                 [site, kind, page_id, document[0]],
             )
         conn.commit()
-        assert db.migrate(conn) == [FEED]
+        assert db.migrate(conn)[0] == FEED  # and the migrations after it
         rows = conn.execute(
             "SELECT subdomain, document_type, id, version FROM meeting_pages ORDER BY version"
         ).fetchall()
@@ -71,5 +71,5 @@ def test_the_migration_on_an_empty_mirror_starts_versions_at_one(database_url):
     with psycopg.connect(database_url) as conn:
         schema_before_the_feed(conn)
         conn.commit()
-        assert db.migrate(conn) == [FEED]
+        assert db.migrate(conn)[0] == FEED  # and the migrations after it
         assert conn.execute("SELECT nextval('meeting_page_versions')").fetchone()[0] == 1
