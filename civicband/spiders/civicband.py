@@ -224,8 +224,7 @@ class CivicbandSpider(StoreSpider):
         self.source.learn(job.subdomain, response.body)
         if page.next is not None:
             yield self.page_request(job)
-        else:
-            self.registry.last_page_fetched(job)
+        self.registry.page_fetched(job, final=page.next is None)
         yield PageItem(
             job_id=job.job_id,
             token=job.lease.token,
