@@ -179,9 +179,12 @@ def full_pass(rows: float, limits: Limits) -> Prediction:
     return got
 
 
-def digest_requests(rows: float, limits: Limits) -> int:
-    """A site's digests: both tables in one answer, or 16 id ranges past split_rows."""
-    return 1 if rows <= limits.split_rows else FANOUT
+def digest_requests(tables: list[float], limits: Limits) -> int:
+    """A site's digests (civicband/reads.py): both tables in one answer; tables large together
+    one by one; a table past split_rows in 16 id ranges."""
+    if sum(tables) <= limits.split_rows:
+        return 1
+    return sum(1 if rows <= limits.split_rows else FANOUT for rows in tables)
 
 
 def catch_up(tables: Iterable[tuple[float, float, float]], limits: Limits) -> Prediction:
@@ -197,7 +200,8 @@ def catch_up(tables: Iterable[tuple[float, float, float]], limits: Limits) -> Pr
     tables = list(tables)
     total = sum(rows for rows, _, _ in tables)
     got = Prediction()
-    got.add(digest_requests(total, limits), min(total, TOP_BUCKETS * len(tables)) * DIGEST_BYTES)
+    sizes = [rows for rows, _, _ in tables]
+    got.add(digest_requests(sizes, limits), min(total, TOP_BUCKETS * len(tables)) * DIGEST_BYTES)
     plans = []
     new = changed = 0.0
     for rows, moved, in_place in tables:

@@ -158,10 +158,11 @@ def test_an_unchanged_site_is_one_request_for_both_tables():
     assert got.rounds == []
 
 
-def test_an_unchanged_site_past_split_rows_is_sixteen_requests():
-    assert catch_up([(40_000, 0, 0), (15_000, 0, 0)], LIMITS).requests == 16
-    assert catch_up([(30_000, 0, 0), (20_001, 0, 0)], LIMITS).requests == 16
+def test_an_unchanged_site_past_split_rows_is_asked_table_by_table_then_in_ranges():
+    assert catch_up([(40_000, 0, 0), (15_000, 0, 0)], LIMITS).requests == 2
+    assert catch_up([(30_000, 0, 0), (20_001, 0, 0)], LIMITS).requests == 2
     assert catch_up([(30_000, 0, 0), (20_000, 0, 0)], LIMITS).requests == 1
+    assert catch_up([(60_000, 0, 0), (20_000, 0, 0)], LIMITS).requests == 16 + 1
 
 
 @pytest.mark.parametrize(
