@@ -110,7 +110,6 @@ class ActiveJob:
     rows_expected = property(lambda self: self._rows_expected, doc="What the source holds.")
     claimed_at = property(lambda self: self._claimed_at, doc="When this process claimed it.")
     waiting = property(lambda self: self._waiting, doc="Why its request waits, if it does.")
-    last_id = property(lambda self: self._last_id, doc="The highest id a full pass has parsed.")
     requests_left = property(lambda self: self._requests_left, doc="A catch-up's, predicted.")
     requests_made = property(lambda self: self._requests_made, doc="A catch-up's, so far.")
 

@@ -36,12 +36,6 @@ LEGACY_COLUMNS = COLUMNS[:6]
 MAX_SPLIT_DEPTH = 2
 
 
-def ranges_for(rows: int, split_rows: int) -> list[digest.IdRange]:
-    """The id ranges a digest of this many rows is asked in: one, or 16 past split_rows."""
-    whole = digest.IdRange()
-    return whole.split() if split_rows and rows > split_rows else [whole]
-
-
 @dataclass(frozen=True)
 class Fetched:
     """Rows of one table from one answer: whole, or the values of ids the mirror knows."""
@@ -78,22 +72,12 @@ class Reads:
             and sum(sizes.values()) > self.source.split_rows
         ):
             return await self._one_by_one(subdomain, sizes)
-        found = await self._digests(
-            subdomain, sizes, ranges_for(sum(sizes.values()), self.source.split_rows)
-        )
-        self.source.stats.inc_value("civicband/digest/requests", len(sizes))
-        return found
-
-    async def range_digest(
-        self, subdomain: str, document_type: str, id_range: digest.IdRange
-    ) -> digest.Digest:
-        """The source's digest of one id range of one table (a full pass left it behind)."""
-        return (await self._digests(subdomain, {document_type: 0}, [id_range]))[document_type]
-
-    async def _digests(
-        self, subdomain: str, sizes: Mapping[str, int], ranges: list[digest.IdRange]
-    ) -> dict[str, digest.Digest]:
-        tables = {kind: DOCUMENT_TABLES[kind] for kind in sizes}
+        document_types = list(sizes)
+        size_hint = sum(sizes.values())
+        tables = {kind: DOCUMENT_TABLES[kind] for kind in document_types}
+        ranges = [digest.IdRange()]
+        if self.source.split_rows and size_hint > self.source.split_rows:
+            ranges = ranges[0].split()
         # A range is split once for hitting the time limit: a part that hits it again fails the
         # digest, rather than 256 more requests to a site that cannot answer.
         born_of_interrupt: set[digest.IdRange] = set()
@@ -137,6 +121,7 @@ class Reads:
                     parts[kind].append(part)
             except digest.DigestError as error:
                 raise SourceError(str(error), retryable=False) from None
+        self.source.stats.inc_value("civicband/digest/requests", len(tables))
         return {kind: digest.merge(found) for kind, found in parts.items()}
 
     async def _one_by_one(
@@ -145,8 +130,7 @@ class Reads:
         """Each table's digest in answers of its own."""
         found: dict[str, digest.Digest] = {}
         for kind, size in sizes.items():
-            ranges = ranges_for(size, self.source.split_rows)
-            found |= await self._digests(subdomain, {kind: size}, ranges)
+            found |= await self.digests(subdomain, {kind: size})
         return found
 
     async def _with_columns(

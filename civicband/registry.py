@@ -141,9 +141,9 @@ class Registry:
         if (job := self.get(request.meta.get("job_id"))) is not None:
             job.wait(why)
 
-    def page_fetched(self, job: ActiveJob, *, final: bool) -> None:
-        """A full pass fetched a page: verification asks the digest of what it has passed."""
-        self.verify.page_fetched(job, final=final)
+    def last_page_fetched(self, job: ActiveJob) -> None:
+        """A full pass has fetched its last page: verification asks the source's digest now."""
+        self.verify.ask_early(job)
 
     def page_stored(self, job: ActiveJob, *, final: bool) -> None:
         """The pipeline committed a page; after the last one, verification takes over."""

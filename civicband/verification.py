@@ -22,7 +22,6 @@ from civicband.catchup import other_difference, shrink_refusal, shrinks, warn_la
 from civicband.datasette import SourceError
 from civicband.digest import OTHER, Difference
 from civicband.lifecycle import ActiveJob, Exhausted
-from civicband.reads import ranges_for
 from civicband.source import Source
 from civicband.verify import Verdict, decide, with_exact
 from civicband.writer import count_changes
@@ -32,12 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 LEVELS = {"passed": logging.INFO, "unknown": logging.WARNING, "warned": logging.WARNING}
-
-
-def _seen(task: asyncio.Task) -> None:
-    """A digest asked early failed: its verification hears it when it awaits it."""
-    if not task.cancelled():
-        task.exception()
 
 
 @dataclass(frozen=True)
@@ -91,43 +84,32 @@ class Verify:
         self.max_ratio = settings.getfloat("CIVICBAND_VERIFY_MAX_MISSING_RATIO")
         self.guard = settings.getfloat("CIVICBAND_SHRINK_GUARD")
         self.warn_ratio = settings.getfloat("CIVICBAND_REMOVAL_WARN_RATIO")
-        # A full pass's source digest, asked id range by id range as the pass leaves each range
-        # behind (by job id, until verified): the ranges, and the requests asked so far.
-        self.plans: dict[int, list[digest.IdRange]] = {}
-        self.asked: dict[int, dict[digest.IdRange, asyncio.Task[digest.Digest]]] = {}
+        # Source digests asked as a full pass's last page arrived, by job id, until verified.
+        self.asked: dict[int, asyncio.Task[tuple[digest.Digest | None, str]]] = {}
 
-    def page_fetched(self, job: ActiveJob, *, final: bool) -> None:
-        """A full pass fetched a page: ask the digest of every id range it has now left behind.
+    def ask_early(self, job: ActiveJob) -> None:
+        """The source has no page after the one just fetched: ask its digest while pages are stored.
 
-        Pages come in id order, so a range below the last id fetched holds nothing the pass
-        will see again: its digest is what the pass saw there, asked while the pass goes on
-        (and every range at the last page). The ranges are planned once the source's count is
-        known; until then, nothing is asked early.
+        Every bucket was listed before this request is sent, as when the last page is stored;
+        the pages still being written change nothing the source's digest depends on.
         """
-        plan = self.plans.get(job.job_id)
-        if plan is None:
-            if job.rows_expected is None and not final:
-                return
-            plan = ranges_for(job.rows_expected or 0, self.source.split_rows)
-            self.plans[job.job_id] = plan
-        asked = self.asked.setdefault(job.job_id, {})
-        last = job.last_id
-        for id_range in plan:
-            behind = id_range.high is not None and last is not None and last >= id_range.high
-            if id_range in asked or not (final or behind):
-                continue
-            task = asyncio.ensure_future(
-                self.source.reads.range_digest(job.subdomain, job.document_type, id_range)
-            )
-            asked[id_range] = task
-            job.tasks.add(task)  # among the job's steps: cancelled with them if it ends first
-            task.add_done_callback(job.tasks.discard)
-            task.add_done_callback(_seen)
+        if job.job_id in self.asked:
+            return  # the last page answered twice (a retry that raced its first answer)
+        task = asyncio.ensure_future(self._digest_for(job))
+        self.asked[job.job_id] = task
+        job.tasks.add(task)  # among the job's steps: cancelled with them if it ends first
+
+        def done(finished: asyncio.Task) -> None:
+            job.tasks.discard(finished)
+            if not finished.cancelled():
+                finished.exception()  # seen here; the verification that awaits it gets it again
+
+        task.add_done_callback(done)
 
     def forget(self, job: ActiveJob) -> None:
-        """The job left this process: digests asked for it early are needed no more."""
-        self.plans.pop(job.job_id, None)
-        for task in self.asked.pop(job.job_id, {}).values():
+        """The job left this process: a digest asked for it early is needed no more."""
+        task = self.asked.pop(job.job_id, None)
+        if task is not None:
             task.cancel()
 
     async def run(self, job: ActiveJob, taken: Exhausted) -> str:
@@ -155,9 +137,10 @@ class Verify:
         state: Held | None = None
         unswept: Unswept | None = None
         if source_digest is None:
+            asked = self.asked.pop(job.job_id, None)
             # The mirror's side does not depend on the source's digest: read while it is asked.
             (source_digest, note), (state, unswept) = await asyncio.gather(
-                self._digest_for(job),
+                asked if asked is not None else self._digest_for(job),
                 registry.run_step(job, "reading the mirror", lambda conn: before_digest(conn, job)),
             )
         if job.mode == jobs.FULL:
@@ -209,37 +192,22 @@ class Verify:
         return verdict
 
     async def _digest_for(self, job: ActiveJob) -> tuple[digest.Digest | None, str]:
-        """The source's digest, or None and why it could not be taken: the id ranges a full
-        pass asked as it went, and the rest now.
+        """The source's digest, or None and why it could not be taken.
 
         Its size (whether it is asked in id ranges) is the source's own count when the pass
         took one, else what the mirror holds.
         """
         site, kind = job.subdomain, job.document_type
-        plan = self.plans.pop(job.job_id, None)
-        asked = self.asked.pop(job.job_id, {})
-        if plan is None:
-            size = job.rows_expected
-            if size is None:
-                pages, rejected = await self.registry.run_step(
-                    job, "reading the mirror", lambda conn: mirror.local_counts(conn, site, kind)
-                )
-                size = pages + rejected
-            plan = ranges_for(size, self.source.split_rows)
-        for id_range in plan:
-            if id_range not in asked:
-                asked[id_range] = asyncio.ensure_future(
-                    self.source.reads.range_digest(site, kind, id_range)
-                )
+        size = job.rows_expected
+        if size is None:
+            pages, rejected = await self.registry.run_step(
+                job, "reading the mirror", lambda conn: mirror.local_counts(conn, site, kind)
+            )
+            size = pages + rejected
         try:
-            parts = [await task for task in asked.values()]
+            return await self.source.digest(site, kind, size_hint=size), ""
         except SourceError as error:
             return None, str(error)
-        finally:
-            for task in asked.values():
-                task.cancel()  # the rest, when one failed: the digest is not taken
-        self.stats.inc_value("civicband/digest/requests")
-        return digest.merge(parts), ""
 
     async def _sweep(self, job: ActiveJob, source_digest: digest.Digest) -> Verdict | None:
         """A complete pass removes what it did not see, only where it saw a bucket whole.

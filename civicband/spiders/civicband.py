@@ -224,7 +224,8 @@ class CivicbandSpider(StoreSpider):
         self.source.learn(job.subdomain, response.body)
         if page.next is not None:
             yield self.page_request(job)
-        self.registry.page_fetched(job, final=page.next is None)
+        else:
+            self.registry.last_page_fetched(job)
         yield PageItem(
             job_id=job.job_id,
             token=job.lease.token,
