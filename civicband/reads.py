@@ -11,6 +11,7 @@ unchanged site one request and a round of bisection one request for both.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,14 @@ LEGACY_COLUMNS = COLUMNS[:6]
 # A digest that hits the time limit is split once, into 16 id ranges; one whose answer is cut
 # short (a small max_returned_rows) is split until each range holds one bucket (depth 2).
 MAX_SPLIT_DEPTH = 2
+
+
+# Id ranges of one digest asked at once.
+DIGEST_CONCURRENCY = 4
+
+
+class _AskAlone(Exception):
+    """Both tables in one answer will not do: ask each table alone."""
 
 
 @dataclass(frozen=True)
@@ -78,51 +87,88 @@ class Reads:
         ranges = [digest.IdRange()]
         if self.source.split_rows and size_hint > self.source.split_rows:
             ranges = ranges[0].split()
-        # A range is split once for hitting the time limit: a part that hits it again fails the
-        # digest, rather than 256 more requests to a site that cannot answer.
-        born_of_interrupt: set[digest.IdRange] = set()
+        # Ranges are asked a few at once: the site's SQL runs in several threads, and a full
+        # pass waits for its digest before its verdict.
+        gate = asyncio.Semaphore(DIGEST_CONCURRENCY)
+        asked = [
+            asyncio.ensure_future(self._range_digest(subdomain, tables, r, gate, splittable=True))
+            for r in ranges
+        ]
+        try:
+            answers = await asyncio.gather(*asked)
+        except _AskAlone:
+            return await self._one_by_one(subdomain, sizes)
+        finally:
+            for task in asked:
+                task.cancel()  # the others, when one failed
+            await asyncio.gather(*asked, return_exceptions=True)
         parts: dict[str, list[digest.Digest]] = {kind: [] for kind in tables}
-        while ranges:
-            id_range = ranges.pop(0)
-            splittable = id_range not in born_of_interrupt and id_range.depth < MAX_SPLIT_DEPTH
-            try:
+        for answer in answers:
+            for kind, part in answer:
+                parts[kind].append(part)
+        self.source.stats.inc_value("civicband/digest/requests", len(tables))
+        return {kind: digest.merge(found) for kind, found in parts.items()}
+
+    async def _range_digest(
+        self,
+        subdomain: str,
+        tables: Mapping[str, str],
+        id_range: digest.IdRange,
+        gate: asyncio.Semaphore,
+        *,
+        splittable: bool,
+    ) -> list[tuple[str, digest.Digest]]:
+        """One id range's digests, per table: split in 16 when it hits the time limit (once: a
+        part that hits it again fails the digest, rather than 256 more requests to a site that
+        cannot answer) or its answer is cut short."""
+        splittable = splittable and id_range.depth < MAX_SPLIT_DEPTH
+        try:
+            async with gate:
                 page = await self._with_columns(
                     subdomain,
-                    lambda cols, r=id_range: digest.digest_sql(tables, cols, r),
+                    lambda cols: digest.digest_sql(tables, cols, id_range),
                     alone=len(tables) == 1,
                     split_on_interrupt=splittable,
                 )
-            except LacksColumn:  # not alone (alone, it lacks more than an older site does)
-                if len(tables) == 1:
-                    raise
-                return await self._one_by_one(subdomain, sizes)
-            except Interrupted:
-                if len(tables) > 1:  # each table alone first: half the work an answer
-                    return await self._one_by_one(subdomain, sizes)
-                if not splittable:
-                    raise
-                self.source.stats.inc_value("civicband/digest/splits")
-                children = id_range.split()
-                born_of_interrupt.update(children)
-                ranges[:0] = children
-                continue
-            if page.truncated:
-                if id_range.depth >= MAX_SPLIT_DEPTH:
-                    raise SourceError(
-                        "digest answer truncated even for one bucket", retryable=False
-                    )
-                self.source.stats.inc_value("civicband/digest/splits")
-                ranges[:0] = id_range.split()
-                continue
-            try:
-                for kind, part in digest.read_tagged(page.rows).items():
-                    if kind not in parts:
-                        raise digest.DigestError(f"digest answer names a table not asked: {kind}")
-                    parts[kind].append(part)
-            except digest.DigestError as error:
-                raise SourceError(str(error), retryable=False) from None
-        self.source.stats.inc_value("civicband/digest/requests", len(tables))
-        return {kind: digest.merge(found) for kind, found in parts.items()}
+        except LacksColumn:  # not alone (alone, it lacks more than an older site does)
+            if len(tables) == 1:
+                raise
+            raise _AskAlone from None
+        except Interrupted:
+            if len(tables) > 1:  # each table alone first: half the work an answer
+                raise _AskAlone from None
+            if not splittable:
+                raise
+            self.source.stats.inc_value("civicband/digest/splits")
+            return await self._parts(subdomain, tables, id_range, gate, splittable=False)
+        if page.truncated:
+            if id_range.depth >= MAX_SPLIT_DEPTH:
+                raise SourceError("digest answer truncated even for one bucket", retryable=False)
+            self.source.stats.inc_value("civicband/digest/splits")
+            return await self._parts(subdomain, tables, id_range, gate, splittable=True)
+        try:
+            found = digest.read_tagged(page.rows)
+        except digest.DigestError as error:
+            raise SourceError(str(error), retryable=False) from None
+        for kind in found:
+            if kind not in tables:
+                raise SourceError(f"digest answer names a table not asked: {kind}", retryable=False)
+        return list(found.items())
+
+    async def _parts(
+        self,
+        subdomain: str,
+        tables: Mapping[str, str],
+        id_range: digest.IdRange,
+        gate: asyncio.Semaphore,
+        *,
+        splittable: bool,
+    ) -> list[tuple[str, digest.Digest]]:
+        """A range's 16 parts, one after the other (the range was too much for one answer)."""
+        found: list[tuple[str, digest.Digest]] = []
+        for part in id_range.split():
+            found += await self._range_digest(subdomain, tables, part, gate, splittable=splittable)
+        return found
 
     async def _one_by_one(
         self, subdomain: str, sizes: Mapping[str, int]

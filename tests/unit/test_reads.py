@@ -19,6 +19,7 @@ from civicband import datasette
 from civicband.bisect import LIST_DEPTH, Ask
 from civicband.datasette import Interrupted, LacksColumn, SourceError, TablePage
 from civicband.digest import HEX_ID, OTHER
+from civicband.reads import DIGEST_CONCURRENCY
 from tests.unit.test_bisect import (
     COLUMNS,
     LEGACY_COLUMNS,
@@ -471,3 +472,27 @@ def test_a_bucket_one_table_cannot_answer_fails_that_table_not_the_other():
     got = run(source.reads.bisect("site", asks, {}))
     assert isinstance(got["agenda"], Interrupted)
     assert got["minutes"].listed == python_listing(minutes, ("ab", "cd"))
+
+
+def test_a_large_tables_id_ranges_are_asked_a_few_at_once():
+    agendas, _, conn = both_tables()
+    source, answering = fake(conn)
+    answer = source.sql
+    inflight: list[int] = []
+    peak = [0]
+
+    async def sql(*args, **kwargs):
+        inflight.append(1)
+        peak[0] = max(peak[0], len(inflight))
+        await asyncio.sleep(0)  # let the other ranges ask meanwhile
+        try:
+            return await answer(*args, **kwargs)
+        finally:
+            inflight.pop()
+
+    source.sql = sql
+    source.split_rows = 1
+    got = run(source.reads.digests("site", {"agenda": len(agendas)}))
+    assert got == {"agenda": python_digest(agendas)}
+    assert len(answering.calls) == 16
+    assert peak[0] == DIGEST_CONCURRENCY
