@@ -139,13 +139,27 @@ class Reads:
                 raise _AskAlone from None
             if not splittable:
                 raise
-            self.source.stats.inc_value("civicband/digest/splits")
-            return await self._parts(subdomain, tables, id_range, gate, splittable=False)
-        if page.truncated:
+            parts_splittable = False
+        else:
+            if not page.truncated:
+                return self._tagged(page, tables)
             if id_range.depth >= MAX_SPLIT_DEPTH:
                 raise SourceError("digest answer truncated even for one bucket", retryable=False)
-            self.source.stats.inc_value("civicband/digest/splits")
-            return await self._parts(subdomain, tables, id_range, gate, splittable=True)
+            parts_splittable = True
+        # Too much for one answer: its 16 parts, one after the other.
+        self.source.stats.inc_value("civicband/digest/splits")
+        found: list[tuple[str, digest.Digest]] = []
+        for part in id_range.split():
+            found += await self._range_digest(
+                subdomain, tables, part, gate, splittable=parts_splittable
+            )
+        return found
+
+    @staticmethod
+    def _tagged(
+        page: datasette.TablePage, tables: Mapping[str, str]
+    ) -> list[tuple[str, digest.Digest]]:
+        """An untruncated digest answer, per table asked."""
         try:
             found = digest.read_tagged(page.rows)
         except digest.DigestError as error:
@@ -154,21 +168,6 @@ class Reads:
             if kind not in tables:
                 raise SourceError(f"digest answer names a table not asked: {kind}", retryable=False)
         return list(found.items())
-
-    async def _parts(
-        self,
-        subdomain: str,
-        tables: Mapping[str, str],
-        id_range: digest.IdRange,
-        gate: asyncio.Semaphore,
-        *,
-        splittable: bool,
-    ) -> list[tuple[str, digest.Digest]]:
-        """A range's 16 parts, one after the other (the range was too much for one answer)."""
-        found: list[tuple[str, digest.Digest]] = []
-        for part in id_range.split():
-            found += await self._range_digest(subdomain, tables, part, gate, splittable=splittable)
-        return found
 
     async def _one_by_one(
         self, subdomain: str, sizes: Mapping[str, int]
