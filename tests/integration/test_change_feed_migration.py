@@ -7,22 +7,9 @@ import random
 import psycopg
 
 from civicband import db
+from tests.integration.test_seen_pages_migration import schema_before
 
 FEED = 7
-
-
-def schema_before_the_feed(conn: psycopg.Connection) -> None:
-    """The database as the release before the change feed left it (migrations recorded)."""
-    conn.execute(
-        "CREATE TABLE civicband_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-        " applied timestamptz NOT NULL DEFAULT now())"
-    )
-    for version, name, text in db.migration_files():
-        if version < FEED:
-            conn.execute(text)
-            conn.execute(
-                "INSERT INTO civicband_migrations (version, name) VALUES (%s, %s)", [version, name]
-            )
 
 
 def test_the_migration_gives_existing_pages_versions_once_in_key_order(database_url):
@@ -34,7 +21,7 @@ def test_the_migration_gives_existing_pages_versions_once_in_key_order(database_
     ]
     random.Random(3).shuffle(keys)  # inserted in no particular order
     with psycopg.connect(database_url) as conn:
-        schema_before_the_feed(conn)
+        schema_before(conn, FEED)
         for site in {k[0] for k in keys}:
             conn.execute("INSERT INTO municipalities (subdomain) VALUES (%s)", [site])
         for site, kind, page_id in keys:
@@ -69,7 +56,7 @@ def test_the_migration_gives_existing_pages_versions_once_in_key_order(database_
 
 def test_the_migration_on_an_empty_mirror_starts_versions_at_one(database_url):
     with psycopg.connect(database_url) as conn:
-        schema_before_the_feed(conn)
+        schema_before(conn, FEED)
         conn.commit()
         assert db.migrate(conn)[0] == FEED  # and the migrations after it
         assert conn.execute("SELECT nextval('meeting_page_versions')").fetchone()[0] == 1
