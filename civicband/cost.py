@@ -15,6 +15,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from civicband.bisect import LIST_DEPTH
+
 # Bytes of one entry in an answer, as civicband/bisect.py's SQL packs them (measured on the
 # look-alike): a listed id and its fingerprint, a sub-bucket's digest, a whole row of a
 # clerk-shaped site (2 KB of text), and the three columns the id does not hash.
@@ -24,7 +26,6 @@ ROW_BYTES = 2300
 VALUES_BYTES = 350
 TOP_BUCKETS = 256  # the first digest's buckets: two hex digits
 FANOUT = 16  # sub-buckets of a bucket, one hex digit deeper
-LIST_DEPTH = 12  # a bucket as deep as an id is a listing
 # A range of ids is fetched whole (every row's values) rather than id by id once at least this
 # share of its rows changed: an id costs 13 characters of URL, a range costs none per row.
 DENSE_SHARE = 0.5
