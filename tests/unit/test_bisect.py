@@ -33,10 +33,15 @@ from civicband.digest import (
     content_fp,
     id_halves,
 )
-from tests.unit.test_digest import HOSTILE_IDS, hex_ids, make_rows, query
+from tests.unit.test_digest import (
+    COLUMNS,
+    HOSTILE_IDS,
+    LEGACY_COLUMNS,
+    hex_ids,
+    make_rows,
+    query,
+)
 
-COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
-LEGACY_COLUMNS = COLUMNS[:6]
 TABLES = {"agenda": "agendas", "minutes": "minutes"}
 
 
